@@ -1,0 +1,63 @@
+"""recsys_mt: multi-objective e-commerce recommendation in PyTorch.
+
+Pluggable encoders feed a multi-task head that predicts a purchase funnel (CTR → CVR →
+repurchase); scores are fused and re-ranked for diversity. See the docs for a tour.
+"""
+
+__version__ = "0.1.0"
+
+from .data import (  # noqa: E402
+    OOV_ID,
+    PAD_ID,
+    BatchLoader,
+    Dense,
+    Schema,
+    SchemaError,
+    Sequence,
+    Sparse,
+    TensorFrame,
+    Text,
+)
+from .encoders import (  # noqa: E402
+    ConcatFusion,
+    DenseEncoder,
+    Encoder,
+    Fusion,
+    IDEmbedding,
+    TargetAttention,
+)
+from .losses import Balancer, StaticWeights, UncertaintyWeighting  # noqa: E402
+from .model import CheckpointError, MultiTaskModel  # noqa: E402
+from .registry import register  # noqa: E402
+from .tasks import MMoE, PLE, Head, SharedBottom, Task  # noqa: E402
+
+__all__ = [
+    "OOV_ID",
+    "PAD_ID",
+    "PLE",
+    "Balancer",
+    "BatchLoader",
+    "CheckpointError",
+    "ConcatFusion",
+    "Dense",
+    "DenseEncoder",
+    "Encoder",
+    "Fusion",
+    "Head",
+    "IDEmbedding",
+    "MMoE",
+    "MultiTaskModel",
+    "Schema",
+    "SchemaError",
+    "Sequence",
+    "SharedBottom",
+    "Sparse",
+    "StaticWeights",
+    "TargetAttention",
+    "Task",
+    "TensorFrame",
+    "Text",
+    "UncertaintyWeighting",
+    "__version__",
+    "register",
+]

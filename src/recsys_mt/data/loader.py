@@ -1,0 +1,95 @@
+"""Batching by index slices, with seeded shuffling and rank sharding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from .frame import TensorFrame
+
+
+class BatchLoader:
+    """Iterate over a :class:`TensorFrame` in batches of index slices.
+
+    No per-row ``__getitem__`` and no collate: each batch is one ``index_select`` per column
+    (a view when unshuffled). Shuffling uses a generator seeded with ``seed + epoch``, so epoch
+    ``e`` has the same order in an uninterrupted and in a resumed run. With ``world_size > 1``
+    each rank takes every ``world_size``-th row of the (shuffled) order; all ranks get the same
+    number of batches (the remainder that cannot be split evenly is dropped for the epoch, and
+    a different remainder is dropped next epoch when shuffling).
+
+    Args:
+        frame: the data.
+        batch_size: rows per batch (per rank).
+        shuffle: reshuffle every epoch (call :meth:`set_epoch`, as the Trainer does).
+        seed: base seed of the shuffle.
+        drop_last: drop the last incomplete batch.
+        rank, world_size: shard for distributed data parallel training.
+        device: move each batch here (use ``frame.to(device)`` once instead when it fits).
+    """
+
+    def __init__(
+        self,
+        frame: TensorFrame,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if len(frame) == 0:
+            raise ValueError("cannot batch an empty frame")
+        self.frame = frame
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rows_per_rank(self) -> int:
+        return len(self.frame) // self.world_size if self.world_size > 1 else len(self.frame)
+
+    def __len__(self) -> int:
+        n = self._rows_per_rank()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self) -> Tensor | None:
+        """This rank's row order for the current epoch (``None``: natural order, one shard)."""
+        n = len(self.frame)
+        if not self.shuffle and self.world_size == 1:
+            return None
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            perm = torch.randperm(n, generator=g)
+        else:
+            perm = torch.arange(n)
+        per = self._rows_per_rank()
+        return perm[self.rank :: self.world_size][:per].to(self.frame.device)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        order = self.order()
+        n = self._rows_per_rank()
+        stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            end = min(start + self.batch_size, n)
+            if order is None:
+                batch = self.frame.take(slice(start, end))
+            else:
+                batch = self.frame.take(order[start:end])
+            if self.device is not None:
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            yield batch

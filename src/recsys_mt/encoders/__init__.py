@@ -1,0 +1,16 @@
+"""Encoders: ids, sequences, dense features (and the BERT text tower), plus fusion."""
+
+from .base import Encoder, Fusion, masked_mean
+from .dense import DenseEncoder
+from .fusion import ConcatFusion
+from .id_embedding import IDEmbedding, TargetAttention
+
+__all__ = [
+    "ConcatFusion",
+    "DenseEncoder",
+    "Encoder",
+    "Fusion",
+    "IDEmbedding",
+    "TargetAttention",
+    "masked_mean",
+]

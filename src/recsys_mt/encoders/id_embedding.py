@@ -1,0 +1,171 @@
+"""ID embeddings: every sparse and sequence feature looked up in a few fused tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..registry import register
+from .base import Encoder, masked_mean
+
+POOLINGS = ("mean", "attention")
+
+
+class TargetAttention(nn.Module):
+    """Attention of a target vector over a history, masked.
+
+    ``h [B, L, d]`` (history embeddings), ``t [B, d]`` (target, e.g. the candidate item),
+    ``mask [B, L]`` → ``[B, d]``: ``Σ_l softmax_l((h_l W)·t / √d) h_l`` over valid positions;
+    rows with an empty history give zeros. ``W`` starts as the identity.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Parameter(torch.eye(dim))
+        self.scale = dim**-0.5
+
+    def forward(self, h: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+        q = t @ self.proj.t()  # [B, d]
+        scores = torch.bmm(h, q.unsqueeze(-1)).squeeze(-1) * self.scale  # [B, L]
+        scores = scores.masked_fill(~mask, float("-inf"))
+        w = torch.softmax(scores, dim=-1)
+        w = torch.nan_to_num(w, nan=0.0)  # all-masked rows
+        return torch.bmm(w.unsqueeze(1), h).squeeze(1)
+
+
+@register("encoder", "id_embedding")
+class IDEmbedding(Encoder):
+    """Embeddings of sparse ids and pooled id sequences.
+
+    All features with the same embedding dimension share one table with per-feature row
+    offsets, so a batch costs one lookup per distinct dimension instead of one per feature.
+    A :class:`~recsys_mt.data.Sequence` with ``vocab_from="item_id"`` reads the rows of
+    ``item_id`` (shared weights). Id 0 (missing / padding) has a learned row per sparse feature
+    and is masked out of sequence pooling.
+
+    Output ``[B, out_dim]``: the concatenated sparse embeddings ``[B, Σ dim_f]`` (grouped by
+    dimension, in schema order within a group) followed by each sequence's pooled vectors.
+
+    Args:
+        features: names of the sparse / sequence features to embed (default: all).
+        sequence_pooling: pooled views of each history, concatenated: ``"mean"`` (masked mean)
+            and/or ``"attention"`` (:class:`TargetAttention` with the row's ``vocab_from``
+            feature as target; only for sequences that have ``vocab_from``).
+        init_std: std of the normal initialisation of the tables.
+
+    With sparse gradients on (the Trainer's default on one device), only the rows a batch
+    touches receive gradients and optimizer updates.
+    """
+
+    def __init__(
+        self,
+        features: list[str] | None = None,
+        sequence_pooling: tuple[str, ...] | list[str] = ("mean", "attention"),
+        init_std: float = 0.05,
+    ):
+        super().__init__()
+        bad = [p for p in sequence_pooling if p not in POOLINGS]
+        if bad or not sequence_pooling:
+            raise ValueError(f"sequence_pooling must be a non-empty subset of {POOLINGS}, got {bad}")
+        self.features = list(features) if features is not None else None
+        self.sequence_pooling = tuple(sequence_pooling)
+        self.init_std = init_std
+        self.sparse_grad = False
+
+    def build(self, schema: Any) -> None:
+        from ..data.features import Sequence, Sparse
+
+        names = self.features
+        if names is None:
+            names = [f.name for f in schema.features if isinstance(f, (Sparse, Sequence))]
+        sparse_names = [f.name for f in schema.sparse]
+        for n in names:
+            if not isinstance(schema.feature(n), (Sparse, Sequence)):
+                raise ValueError(f"IDEmbedding: feature {n!r} is not a Sparse or Sequence feature")
+        if not names:
+            raise ValueError("IDEmbedding: the schema has no Sparse or Sequence features")
+        rows: dict[int, int] = {}  # dim -> rows allocated so far
+        offset_of: dict[str, tuple[int, int]] = {}  # vocabulary owner -> (dim, offset)
+
+        def alloc(owner: str, dim: int) -> tuple[int, int]:
+            if owner not in offset_of:
+                offset_of[owner] = (dim, rows.get(dim, 0))
+                rows[dim] = rows.get(dim, 0) + schema.vocab_size(owner)
+            return offset_of[owner]
+
+        groups: dict[int, list[tuple[int, int]]] = {}  # dim -> [(column, offset)]
+        for n in names:
+            f = schema.feature(n)
+            if isinstance(f, Sparse):
+                dim, off = alloc(n, f.dim)
+                groups.setdefault(dim, []).append((sparse_names.index(n), off))
+        self._seq: list[tuple[str, int, int, int | None, int]] = []
+        seq_specs = []
+        for n in names:
+            f = schema.feature(n)
+            if isinstance(f, Sequence):
+                owner = f.vocab_from or n
+                dim = schema.feature(owner).dim
+                dim, off = alloc(owner, dim)
+                target_col = sparse_names.index(f.vocab_from) if f.vocab_from else None
+                target_off = offset_of[f.vocab_from][1] if f.vocab_from in offset_of else None
+                if f.vocab_from and target_off is None:
+                    _, target_off = alloc(f.vocab_from, dim)
+                seq_specs.append((n, dim, off, target_col, target_off))
+        self.dims = sorted(rows)
+        self.tables = nn.ParameterList(
+            [nn.Parameter(torch.randn(rows[d], d) * self.init_std) for d in self.dims]
+        )
+        self.group_dims = sorted(groups)
+        for d in self.group_dims:
+            cols = torch.tensor([c for c, _ in groups[d]], dtype=torch.long)
+            offs = torch.tensor([o for _, o in groups[d]], dtype=torch.long)
+            self.register_buffer(f"cols_{d}", cols, persistent=False)
+            self.register_buffer(f"offsets_{d}", offs, persistent=False)
+        self.attn = nn.ModuleDict()
+        out = sum(d * len(groups[d]) for d in self.group_dims)
+        for n, dim, off, tcol, toff in seq_specs:
+            modes = [m for m in self.sequence_pooling if m == "mean" or tcol is not None]
+            if "attention" in modes:
+                self.attn[n] = TargetAttention(dim)
+            self._seq.append((n, dim, off, tcol, toff, tuple(modes)))
+            out += dim * len(modes)
+        self.out_dim = out
+
+    def _table(self, dim: int) -> Tensor:
+        return self.tables[self.dims.index(dim)]
+
+    def _lookup(self, ids: Tensor, dim: int) -> Tensor:
+        return F.embedding(ids, self._table(dim), sparse=self.sparse_grad)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        parts = []
+        sparse = batch.get("sparse")
+        for d in self.group_dims:
+            ids = sparse.index_select(1, getattr(self, f"cols_{d}")) + getattr(self, f"offsets_{d}")
+            parts.append(self._lookup(ids, d).flatten(1))  # [B, n_d * d]
+        for n, dim, off, tcol, toff, modes in self._seq:
+            ids = batch[f"seq/{n}"]  # [B, L]
+            mask = ids != 0
+            h = self._lookup(ids + off, dim)  # [B, L, d]
+            for m in modes:
+                if m == "mean":
+                    parts.append(masked_mean(h, mask))
+                else:
+                    t = self._lookup(sparse[:, tcol] + toff, dim)  # [B, d]
+                    parts.append(self.attn[n](h, t, mask))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def param_groups(self, sparse: bool) -> list[dict[str, Any]]:
+        self.sparse_grad = bool(sparse)
+        return [{"params": list(self.tables), "sparse": bool(sparse), "weight_decay": 0.0}]
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "features": self.features,
+            "sequence_pooling": list(self.sequence_pooling),
+            "init_std": self.init_std,
+        }

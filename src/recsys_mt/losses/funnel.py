@@ -1,0 +1,99 @@
+"""Per-task losses with funnel semantics: entire-space (ESMM-style) or masked conditional.
+
+For a chain ``ctr → cvr → repurchase`` the head gives a logit per task, read as the
+*conditional* probability given the parent: ``p_cvr = p(buy | click)``. The *joint*
+probability multiplies down the chain: ``q_cvr = p_ctr · p_cvr = p(click ∧ buy)``.
+
+- ``supervision="entire_space"``: a child task's loss is the binary cross-entropy of its joint
+  probability against its joint label (the product of the chain's labels) on **every** row.
+  This is ESMM (Ma et al., SIGIR 2018) generalised to any chain; it avoids sample-selection bias
+  because the conditional tower is trained through the joint on the whole impression space.
+- ``supervision="conditional"``: a child task's loss is the BCE of its conditional probability
+  against its label on the rows where the parent's joint label is 1 (clicked rows for CVR),
+  averaged over those rows.
+
+Root tasks use plain BCE on all rows in both modes. Regression (``loss="mse"``) tasks use mean
+squared error, masked to rows where the parent's joint label is 1 when they have a parent.
+Joint log-probabilities are summed ``logsigmoid`` terms, so tiny products stay finite.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SUPERVISIONS = ("entire_space", "conditional")
+
+
+def log1mexp(a: Tensor) -> Tensor:
+    """``log(1 - exp(a))`` for ``a <= 0``, accurate over the whole range (Mächler 2012)."""
+    a = a.clamp(max=-1e-12)
+    return torch.where(a > -0.6931471805599453, torch.log(-torch.expm1(a)),
+                       torch.log1p(-torch.exp(a)))
+
+
+def chain_log_probs(logits: Tensor, parents: list[int | None]) -> Tensor:
+    """Joint log-probabilities ``[B, T]``: ``log q_t = log σ(z_t) + log q_parent(t)``.
+
+    ``parents[t]`` is the index of task ``t``'s parent (``None`` for roots); parents come
+    before children. Regression columns are left as their raw values' logsigmoid and must be
+    ignored by the caller.
+    """
+    ls = F.logsigmoid(logits)
+    out = []
+    for t, p in enumerate(parents):
+        out.append(ls[:, t] if p is None else ls[:, t] + out[p])
+    return torch.stack(out, dim=1)
+
+
+def funnel_losses(
+    logits: Tensor,
+    labels: Tensor,
+    parents: list[int | None],
+    binary: list[bool],
+    supervision: str = "entire_space",
+) -> list[Tensor]:
+    """One scalar loss per task.
+
+    Args:
+        logits: ``[B, T]`` head outputs (conditional logits; raw predictions for regression).
+        labels: ``[B, T]`` labels; for a child task, the label where the parent is 0 is ignored
+            (conditional / regression) or multiplied away (entire space).
+        parents: parent index per task, parents first.
+        binary: ``True`` for BCE tasks, ``False`` for MSE tasks.
+        supervision: ``"entire_space"`` or ``"conditional"``.
+    """
+    if supervision not in SUPERVISIONS:
+        raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
+    logits = logits.float()
+    labels = labels.float()
+    joint_labels = []
+    for t, p in enumerate(parents):
+        joint_labels.append(labels[:, t] if p is None else labels[:, t] * joint_labels[p])
+    need_chain = supervision == "entire_space" and any(
+        p is not None and binary[t] for t, p in enumerate(parents)
+    )
+    log_q = chain_log_probs(logits, parents) if need_chain else None
+    losses = []
+    for t, p in enumerate(parents):
+        z, y = logits[:, t], labels[:, t]
+        if not binary[t]:
+            err = (z - y) ** 2
+            losses.append(err.mean() if p is None else _masked_mean(err, joint_labels[p]))
+        elif p is None:
+            losses.append(F.binary_cross_entropy_with_logits(z, y))
+        elif supervision == "entire_space":
+            yq = joint_labels[t]
+            lq = log_q[:, t]
+            losses.append(-(yq * lq + (1 - yq) * log1mexp(lq)).mean())
+        else:
+            bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+            losses.append(_masked_mean(bce, joint_labels[p]))
+    return losses
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` where ``mask`` is 1; 0 (with a graph) when no row qualifies."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp_min(1.0)

@@ -1,0 +1,388 @@
+"""``MultiTaskModel``: encoders → fusion → multi-task head, with funnel-aware outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from ..data.frame import TensorFrame
+from ..data.schema import Schema
+from ..encoders import ConcatFusion, DenseEncoder, Encoder, Fusion, IDEmbedding
+from ..losses import SUPERVISIONS, Balancer, StaticWeights, chain_log_probs, funnel_losses
+from ..registry import build as build_registered
+from ..registry import to_config as registered_config
+from ..tasks import MMoE
+from ..tasks.heads import Head
+
+CONFIG_NAME = "config.json"
+SCHEMA_NAME = "schema.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, or does not match the schema / config."""
+
+
+class MultiTaskModel(nn.Module):
+    """Encoders + fusion + multi-task head predicting a purchase funnel.
+
+    Args:
+        schema: a fitted :class:`~recsys_mt.data.Schema` with at least one task.
+        encoders: encoder modules (default: :class:`IDEmbedding`, plus :class:`DenseEncoder`
+            when the schema has dense features). Each is built from the schema.
+        head: a :class:`~recsys_mt.tasks.Head` (default ``MMoE()``).
+        fusion: combines encoder outputs (default :class:`ConcatFusion`).
+        supervision: ``"entire_space"`` (ESMM-style joint supervision on all rows) or
+            ``"conditional"`` (child tasks masked to rows where the parent is positive).
+        balancer: a :class:`~recsys_mt.losses.Balancer` (default :class:`StaticWeights` using
+            each ``Task.weight``).
+
+    Outputs: :meth:`forward` gives logits ``[B, T]`` in ``schema.tasks`` order; each binary
+    logit is the *conditional* log-odds given the parent task. :meth:`predict` returns the
+    conditional probabilities and, for child tasks, the joint ones (``ctcvr``).
+
+    Example:
+        >>> model = MultiTaskModel(schema, head=MMoE(num_experts=4))          # doctest: +SKIP
+        >>> Trainer(max_epochs=3).fit(model, train, val)                     # doctest: +SKIP
+        >>> model.predict(test).head()                                       # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        encoders: list[Encoder] | None = None,
+        head: Head | None = None,
+        fusion: Fusion | None = None,
+        supervision: str = "entire_space",
+        balancer: Balancer | None = None,
+    ):
+        super().__init__()
+        if not isinstance(schema, Schema):
+            raise TypeError(f"schema must be a recsys_mt Schema, got {type(schema).__name__}")
+        if not schema.is_fitted:
+            raise ValueError("the schema is not fitted: call schema.fit(train_df) first")
+        if not schema.tasks:
+            raise ValueError("the schema has no tasks; pass tasks=[Task(...)] to Schema")
+        if supervision not in SUPERVISIONS:
+            raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
+        self.schema = schema
+        self.supervision = supervision
+        if encoders is None:
+            encoders = [IDEmbedding()] if (schema.sparse or schema.sequences) else []
+            if schema.dense:
+                encoders.append(DenseEncoder())
+        if not encoders:
+            raise ValueError("no encoders: pass encoders=[...] (the schema has no id/dense features)")
+        self.encoders = nn.ModuleList(encoders)
+        for enc in self.encoders:
+            enc.build(schema)
+            if not getattr(enc, "out_dim", 0):
+                raise ValueError(f"encoder {type(enc).__name__} has out_dim 0 after build()")
+        self.fusion = fusion if fusion is not None else ConcatFusion()
+        self.fusion.build([e.out_dim for e in self.encoders])
+        self.head = head if head is not None else MMoE()
+        self.head.build(self.fusion.out_dim, len(schema.tasks))
+        self.balancer = balancer if balancer is not None else StaticWeights()
+        self.balancer.build(schema.tasks)
+        index = {t.name: i for i, t in enumerate(schema.tasks)}
+        self.parents = [index[t.given] if t.given else None for t in schema.tasks]
+        self.binary = [t.binary for t in schema.tasks]
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def tasks(self) -> list:
+        return self.schema.tasks
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Logits ``[B, T]`` (conditional log-odds for binary tasks, values for regression)."""
+        parts = [enc(batch) for enc in self.encoders]
+        return self.head(self.fusion(parts))
+
+    def probabilities(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """``(conditional [B, T], joint [B, T])`` from logits.
+
+        Binary: conditional = σ(z); joint = Π σ(z) over the chain (equal for root tasks).
+        Regression columns carry the raw prediction in both.
+        """
+        logits = logits.float()
+        cond = torch.where(torch.tensor(self.binary, device=logits.device), torch.sigmoid(logits),
+                           logits)
+        joint = chain_log_probs(logits, self.parents).exp()
+        joint = torch.where(torch.tensor(self.binary, device=logits.device), joint, logits)
+        return cond, joint
+
+    def losses(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Per-task loss ``{task: scalar}`` under the model's supervision mode."""
+        per = funnel_losses(logits, labels, self.parents, self.binary, self.supervision)
+        return dict(zip(self.schema.task_names, per))
+
+    def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Trainer protocol: ``{"loss": total, "loss/<task>": detached per-task loss}``."""
+        if "labels" not in batch:
+            raise ValueError("the batch has no labels: transform the training data with labels")
+        per = self.losses(self(batch), batch["labels"])
+        out = {"loss": self.balancer(per)}
+        out.update({f"loss/{k}": v.detach() for k, v in per.items()})
+        return out
+
+    def param_groups(self, sparse: bool) -> list[dict[str, Any]]:
+        """Trainer protocol: optimizer groups (embedding tables flagged sparse; the balancer's
+        learned weights without weight decay; everything else in the default group)."""
+        groups: list[dict[str, Any]] = []
+        taken: set[int] = set()
+        for enc in self.encoders:
+            for g in enc.param_groups(sparse) or []:
+                groups.append(g)
+                taken.update(id(p) for p in g["params"])
+        bal = [p for p in self.balancer.parameters() if id(p) not in taken]
+        if bal:
+            groups.append({"params": bal, "weight_decay": 0.0})
+            taken.update(id(p) for p in bal)
+        rest = [p for p in self.parameters() if id(p) not in taken]
+        if rest:
+            groups.append({"params": rest})
+        return [g for g in groups if g["params"]]
+
+    # ------------------------------------------------------------------ inference
+    def _as_frame(self, data: TensorFrame | pd.DataFrame) -> TensorFrame:
+        if isinstance(data, pd.DataFrame):
+            return self.schema.transform(data, labels="auto")
+        if not isinstance(data, TensorFrame):
+            raise TypeError(f"expected a TensorFrame or DataFrame, got {type(data).__name__}")
+        return data
+
+    @torch.inference_mode()
+    def predict_logits(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> Tensor:
+        """Logits ``[N, T]`` for every row, on the CPU."""
+        frame = self._as_frame(data)
+        was_training = self.training
+        self.eval()
+        device = self.device
+        try:
+            out = [self({k: v.to(device, non_blocking=True) for k, v in b.items()}).float().cpu()
+                   for b in frame.batches(batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(out)
+
+    def predict(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> pd.DataFrame:
+        """Per-row predictions as a DataFrame.
+
+        Columns: one per task (conditional probability, e.g. ``ctr``, ``cvr`` = p(buy | click),
+        or the predicted value for regression tasks), then one per binary child task with the
+        joint probability (``ctcvr`` = p(click ∧ buy), ``repurchase_joint``, …).
+        """
+        cond, joint = self.probabilities(self.predict_logits(data, batch_size))
+        cols: dict[str, np.ndarray] = {}
+        for j, t in enumerate(self.tasks):
+            cols[t.name] = cond[:, j].numpy()
+        for j, t in enumerate(self.tasks):
+            if t.given is not None and t.binary:
+                cols[t.joint] = joint[:, j].numpy()
+        return pd.DataFrame(cols)
+
+    def evaluate(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> pd.DataFrame:
+        """Funnel-aware metrics as a tidy DataFrame ``[task, metric, value, rows]``.
+
+        Binary root tasks: AUC, GAUC (when the schema has a group column), logloss and
+        calibration (mean predicted / mean observed) on all rows. Binary child tasks: the same
+        for the conditional probability on the rows where the parent's joint label is 1 (CVR on
+        clicked rows), plus AUC / logloss of the joint probability on all rows under the joint
+        name (``ctcvr``). Regression: MSE and RMSE on observed rows. Metrics that are undefined
+        (one class present) are NaN.
+        """
+        frame = self._as_frame(data)
+        if "labels" not in frame:
+            raise ValueError("evaluate needs labels: the frame was transformed without them")
+        cond, joint = self.probabilities(self.predict_logits(frame, batch_size))
+        return evaluate_funnel(self.tasks, self.parents, cond, joint, frame["labels"],
+                               frame["group"] if "group" in frame else None)
+
+    def validation_metrics(self, frame: TensorFrame, batch_size: int) -> dict[str, float]:
+        """Trainer protocol: ``{"loss", "<task>_auc", "<task>_logloss", "<joint>_auc", …}``."""
+        logits = self.predict_logits(frame, batch_size)
+        labels = frame["labels"]
+        with torch.no_grad():
+            per = self.losses(logits, labels.to(logits.device))
+            total = float(self.balancer({k: v.to(self.device) for k, v in per.items()}))
+        out = {"loss": total}
+        out.update({f"loss_{k}": float(v) for k, v in per.items()})
+        cond, joint = self.probabilities(logits)
+        table = evaluate_funnel(self.tasks, self.parents, cond, joint, labels,
+                                frame["group"] if "group" in frame else None)
+        for row in table.itertuples(index=False):
+            out[f"{row.task}_{row.metric}"] = float(row.value)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """JSON-able description of the architecture (``config.json``)."""
+        return {
+            "library": "recsys_mt",
+            "version": __version__,
+            "format_version": FORMAT_VERSION,
+            "encoders": [registered_config(e, "encoder") for e in self.encoders],
+            "fusion": registered_config(self.fusion, "fusion"),
+            "head": registered_config(self.head, "head"),
+            "balancer": registered_config(self.balancer, "balancer"),
+            "supervision": self.supervision,
+        }
+
+    def _excluded_keys(self) -> list[str]:
+        keys = []
+        for i, enc in enumerate(self.encoders):
+            fn = getattr(enc, "checkpoint_exclude", None)
+            if fn is not None:
+                keys += [f"encoders.{i}.{k}" for k in fn()]
+        return keys
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json``, ``schema.json`` and ``model.safetensors`` to ``directory``.
+
+        Encoders may add files of their own (``save_extra(directory)``) and leave parameters
+        out of the weights file (``checkpoint_exclude()`` prefixes, e.g. a frozen base model).
+        """
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self.config()
+        excluded = tuple(self._excluded_keys())
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                 if not (excluded and k.startswith(excluded))}
+        for enc in self.encoders:
+            fn = getattr(enc, "save_extra", None)
+            if fn is not None:
+                fn(directory)
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.schema.to_json(directory / SCHEMA_NAME)
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=1), encoding="utf-8")
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        schema: Schema | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> MultiTaskModel:
+        """Rebuild a model saved by :meth:`save_pretrained` from a local directory.
+
+        Nothing is unpickled: the config is JSON, the weights are safetensors. Passing
+        ``schema`` checks it against the saved one and raises :class:`CheckpointError` listing
+        the differences. Weights whose names or shapes do not match the rebuilt architecture
+        also raise :class:`CheckpointError`.
+        """
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in (CONFIG_NAME, SCHEMA_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise CheckpointError(f"{directory} is not a recsys_mt checkpoint: {name} missing")
+        config = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+        if config.get("library") != "recsys_mt" or config.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{directory / CONFIG_NAME} is not a recsys_mt v1 config")
+        saved = Schema.from_json(directory / SCHEMA_NAME)
+        if schema is not None and schema != saved:
+            raise CheckpointError(
+                "the given schema does not match the checkpoint's: " + _schema_diff(schema, saved)
+            )
+        encoders = [build_registered("encoder", c) for c in config["encoders"]]
+        for enc in encoders:
+            fn = getattr(enc, "load_extra", None)
+            if fn is not None:
+                fn(directory)
+        model = cls(
+            saved,
+            encoders=encoders,
+            head=build_registered("head", config["head"]),
+            fusion=build_registered("fusion", config["fusion"]),
+            supervision=config["supervision"],
+            balancer=build_registered("balancer", config["balancer"]),
+        )
+        state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
+        expected = model.state_dict()
+        excluded = tuple(model._excluded_keys())
+        missing = [k for k in expected if k not in state and not (excluded and k.startswith(excluded))]
+        unexpected = [k for k in state if k not in expected]
+        wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                 for k in state if k in expected and state[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            raise CheckpointError(
+                f"weights in {directory / WEIGHTS_NAME} do not match the architecture: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}"
+            )
+        model.load_state_dict(state, strict=False)
+        return model.to(map_location)
+
+
+def _schema_diff(a: Schema, b: Schema) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    diffs = []
+    for key in ("features", "tasks", "group", "dense_stats"):
+        if da[key] != db[key]:
+            diffs.append(key)
+    va, vb = da["vocabularies"] or {}, db["vocabularies"] or {}
+    for name in sorted(set(va) | set(vb)):
+        if va.get(name) != vb.get(name):
+            na = None if name not in va else len(va[name]["values"] or []) or va[name]["buckets"]
+            nb = None if name not in vb else len(vb[name]["values"] or []) or vb[name]["buckets"]
+            diffs.append(f"vocabulary of {name!r} ({na} vs {nb} entries)")
+    return "; ".join(diffs) or "unknown difference"
+
+
+def evaluate_funnel(
+    tasks: list,
+    parents: list[int | None],
+    cond: Tensor,
+    joint: Tensor,
+    labels: Tensor,
+    groups: Tensor | None = None,
+) -> pd.DataFrame:
+    """Tidy funnel metrics (see :meth:`MultiTaskModel.evaluate`). All inputs ``[N, T]`` / ``[N]``."""
+    from .. import metrics as M
+
+    def safe(fn, *args) -> float:
+        try:
+            return float(fn(*args))
+        except ValueError:
+            return float("nan")
+
+    y = labels.float().cpu().numpy()
+    p = cond.cpu().numpy().astype(np.float64)
+    q = joint.cpu().numpy().astype(np.float64)
+    g = groups.cpu().numpy() if groups is not None else None
+    joint_y = np.zeros_like(y)
+    rows = []
+    for j, t in enumerate(tasks):
+        par = parents[j]
+        joint_y[:, j] = y[:, j] if par is None else y[:, j] * joint_y[:, par]
+        sel = np.ones(len(y), dtype=bool) if par is None else joint_y[:, par] == 1
+        n = int(sel.sum())
+        if not t.binary:
+            mse = float(np.mean((p[sel, j] - y[sel, j]) ** 2)) if n else float("nan")
+            rows += [(t.name, "mse", mse, n), (t.name, "rmse", mse**0.5, n)]
+            continue
+        ys, ps = y[sel, j], p[sel, j]
+        rows.append((t.name, "auc", safe(M.auc, ys, ps) if n else float("nan"), n))
+        if g is not None:
+            rows.append((t.name, "gauc", safe(M.gauc, ys, ps, g[sel]) if n else float("nan"), n))
+        rows.append((t.name, "logloss", safe(M.logloss, ys, ps) if n else float("nan"), n))
+        rows.append((t.name, "calibration", safe(M.calibration_ratio, ys, ps) if n else float("nan"), n))
+        if par is not None:
+            rows.append((t.joint, "auc", safe(M.auc, joint_y[:, j], q[:, j]), len(y)))
+            rows.append((t.joint, "logloss", safe(M.logloss, joint_y[:, j], q[:, j]), len(y)))
+    return pd.DataFrame(rows, columns=["task", "metric", "value", "rows"])
