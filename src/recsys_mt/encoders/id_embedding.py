@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..registry import register
 from .base import Encoder, masked_mean
+from .sparse_embedding import row_sparse_embedding
 
 POOLINGS = ("mean", "attention")
 
@@ -102,7 +103,7 @@ class IDEmbedding(Encoder):
             if isinstance(f, Sparse):
                 dim, off = alloc(n, f.dim)
                 groups.setdefault(dim, []).append((sparse_names.index(n), off))
-        self._seq: list[tuple[str, int, int, int | None, int]] = []
+        self._seq: list[tuple] = []  # (name, dim, offset, target col, target offset, modes)
         seq_specs = []
         for n in names:
             f = schema.feature(n)
@@ -111,10 +112,8 @@ class IDEmbedding(Encoder):
                 dim = schema.feature(owner).dim
                 dim, off = alloc(owner, dim)
                 target_col = sparse_names.index(f.vocab_from) if f.vocab_from else None
-                target_off = offset_of[f.vocab_from][1] if f.vocab_from in offset_of else None
-                if f.vocab_from and target_off is None:
-                    _, target_off = alloc(f.vocab_from, dim)
-                seq_specs.append((n, dim, off, target_col, target_off))
+                # the target shares the sequence's rows: same owner, same offset
+                seq_specs.append((n, dim, off, target_col, off))
         self.dims = sorted(rows)
         self.tables = nn.ParameterList(
             [nn.Parameter(torch.randn(rows[d], d) * self.init_std) for d in self.dims]
@@ -139,23 +138,39 @@ class IDEmbedding(Encoder):
         return self.tables[self.dims.index(dim)]
 
     def _lookup(self, ids: Tensor, dim: int) -> Tensor:
-        return F.embedding(ids, self._table(dim), sparse=self.sparse_grad)
+        if self.sparse_grad and self.training and torch.is_grad_enabled():
+            return row_sparse_embedding(self._table(dim), ids)
+        return F.embedding(ids, self._table(dim))
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        parts = []
         sparse = batch.get("sparse")
+        # all ids that read one table are looked up together: one gather (and, with sparse
+        # gradients, one coalesced gradient) per table per batch
+        requests: dict[int, list[Tensor]] = {d: [] for d in self.dims}
         for d in self.group_dims:
-            ids = sparse.index_select(1, getattr(self, f"cols_{d}")) + getattr(self, f"offsets_{d}")
-            parts.append(self._lookup(ids, d).flatten(1))  # [B, n_d * d]
-        for n, dim, off, tcol, toff, modes in self._seq:
-            ids = batch[f"seq/{n}"]  # [B, L]
-            mask = ids != 0
-            h = self._lookup(ids + off, dim)  # [B, L, d]
+            cols, offs = getattr(self, f"cols_{d}"), getattr(self, f"offsets_{d}")
+            requests[d].append(sparse.index_select(1, cols) + offs)  # [B, n_d]
+        for n, dim, off, tcol, _toff, modes in self._seq:
+            requests[dim].append(batch[f"seq/{n}"] + off)  # [B, L]
+        for n, dim, _off, tcol, toff, modes in self._seq:
+            if "attention" in modes:
+                requests[dim].append(sparse[:, tcol : tcol + 1] + toff)  # [B, 1]
+        looked: dict[int, list[Tensor]] = {}
+        for d, reqs in requests.items():
+            if not reqs:
+                continue
+            ids = reqs[0] if len(reqs) == 1 else torch.cat(reqs, dim=1)
+            emb = self._lookup(ids, d)  # [B, Σ widths, d]
+            looked[d] = list(emb.split([r.shape[1] for r in reqs], dim=1))
+        parts = [looked[d].pop(0).flatten(1) for d in self.group_dims]  # [B, n_d * d]
+        seq_emb = [looked[dim].pop(0) for _, dim, *_ in self._seq]
+        for (n, dim, _off, tcol, _toff, modes), h in zip(self._seq, seq_emb):
+            mask = batch[f"seq/{n}"] != 0  # [B, L]
             for m in modes:
                 if m == "mean":
                     parts.append(masked_mean(h, mask))
                 else:
-                    t = self._lookup(sparse[:, tcol] + toff, dim)  # [B, d]
+                    t = looked[dim].pop(0).squeeze(1)  # [B, d] target embedding
                     parts.append(self.attn[n](h, t, mask))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
