@@ -157,12 +157,28 @@ class MultiTaskModel(nn.Module):
         return [g for g in groups if g["params"]]
 
     # ------------------------------------------------------------------ inference
+    def prepare(self, frame: TensorFrame) -> TensorFrame:
+        """Let encoders add what they need to a frame once, before batching (Trainer protocol).
+
+        Each encoder with a ``prepare(frame) -> frame`` method is called in turn (a text tower
+        tokenises and caches the frame's distinct texts here and adds index columns). Idempotent:
+        a frame already prepared for this model is returned as is.
+        """
+        if frame.meta.get("prepared_by") == id(self):
+            return frame
+        for enc in self.encoders:
+            fn = getattr(enc, "prepare", None)
+            if fn is not None:
+                frame = fn(frame)
+        frame.meta["prepared_by"] = id(self)
+        return frame
+
     def _as_frame(self, data: TensorFrame | pd.DataFrame) -> TensorFrame:
         if isinstance(data, pd.DataFrame):
-            return self.schema.transform(data, labels="auto")
+            data = self.schema.transform(data, labels="auto")
         if not isinstance(data, TensorFrame):
             raise TypeError(f"expected a TensorFrame or DataFrame, got {type(data).__name__}")
-        return data
+        return self.prepare(data)
 
     @torch.inference_mode()
     def predict_logits(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> Tensor:
@@ -213,6 +229,7 @@ class MultiTaskModel(nn.Module):
 
     def validation_metrics(self, frame: TensorFrame, batch_size: int) -> dict[str, float]:
         """Trainer protocol: ``{"loss", "<task>_auc", "<task>_logloss", "<joint>_auc", …}``."""
+        frame = self.prepare(frame)
         logits = self.predict_logits(frame, batch_size)
         labels = frame["labels"]
         with torch.no_grad():
