@@ -29,9 +29,28 @@ from .encoders import (  # noqa: E402
 from .losses import Balancer, StaticWeights, UncertaintyWeighting  # noqa: E402
 from .model import CheckpointError, MultiTaskModel  # noqa: E402
 from .registry import register  # noqa: E402
+from .rerank import DPP, MMR, CallableFusion, CategoryCoverage, WeightedProduct, WeightedSum  # noqa: E402
+from .rerank import Fusion as ScoreFusion  # noqa: E402
+from .serving import Recommender  # noqa: E402
 from .tasks import MMoE, PLE, Head, SharedBottom, Task  # noqa: E402
+from .train import CSVLogger, EarlyStopping, ModelCheckpoint, TensorBoardLogger, Trainer  # noqa: E402
+from .train import Callback  # noqa: E402
 
 __all__ = [
+    "DPP",
+    "MMR",
+    "CSVLogger",
+    "Callback",
+    "CallableFusion",
+    "CategoryCoverage",
+    "EarlyStopping",
+    "ModelCheckpoint",
+    "Recommender",
+    "ScoreFusion",
+    "TensorBoardLogger",
+    "Trainer",
+    "WeightedProduct",
+    "WeightedSum",
     "OOV_ID",
     "PAD_ID",
     "PLE",

@@ -47,8 +47,9 @@ class IDEmbedding(Encoder):
     ``item_id`` (shared weights). Id 0 (missing / padding) has a learned row per sparse feature
     and is masked out of sequence pooling.
 
-    Output ``[B, out_dim]``: the concatenated sparse embeddings ``[B, Σ dim_f]`` (grouped by
-    dimension, in schema order within a group) followed by each sequence's pooled vectors.
+    Output ``[B, out_dim]``: for each embedding dimension (ascending), the sparse fields (schema
+    order) then the pooled sequence views, flattened; then, with ``interactions=True``, the
+    pairwise dot products of the fields within each dimension.
 
     Args:
         features: names of the sparse / sequence features to embed (default: all).
@@ -56,6 +57,10 @@ class IDEmbedding(Encoder):
             and/or ``"attention"`` (:class:`TargetAttention` with the row's ``vocab_from``
             feature as target; only for sequences that have ``vocab_from``).
         init_std: std of the normal initialisation of the tables.
+        interactions: also output the pairwise dot products of all embedded fields (sparse
+            features and pooled sequence views with the same dimension), as in DLRM / FM
+            (``F·(F−1)/2`` extra columns): MLPs learn multiplicative user × item affinities poorly
+            from concatenated embeddings alone.
 
     With sparse gradients on (the Trainer's default on one device), only the rows a batch
     touches receive gradients and optimizer updates.
@@ -66,6 +71,7 @@ class IDEmbedding(Encoder):
         features: list[str] | None = None,
         sequence_pooling: tuple[str, ...] | list[str] = ("mean", "attention"),
         init_std: float = 0.05,
+        interactions: bool = False,
     ):
         super().__init__()
         bad = [p for p in sequence_pooling if p not in POOLINGS]
@@ -74,6 +80,7 @@ class IDEmbedding(Encoder):
         self.features = list(features) if features is not None else None
         self.sequence_pooling = tuple(sequence_pooling)
         self.init_std = init_std
+        self.interactions = interactions
         self.sparse_grad = False
 
     def build(self, schema: Any) -> None:
@@ -115,6 +122,7 @@ class IDEmbedding(Encoder):
                 # the target shares the sequence's rows: same owner, same offset
                 seq_specs.append((n, dim, off, target_col, off))
         self.dims = sorted(rows)
+        self._owner_offsets = dict(offset_of)
         self.tables = nn.ParameterList(
             [nn.Parameter(torch.randn(rows[d], d) * self.init_std) for d in self.dims]
         )
@@ -132,6 +140,14 @@ class IDEmbedding(Encoder):
                 self.attn[n] = TargetAttention(dim)
             self._seq.append((n, dim, off, tcol, toff, tuple(modes)))
             out += dim * len(modes)
+        if self.interactions:
+            fields: dict[int, int] = {}
+            for d in self.group_dims:
+                fields[d] = fields.get(d, 0) + len(groups[d])
+            for _, dim, _, _, _, modes in self._seq:
+                fields[dim] = fields.get(dim, 0) + len(modes)
+            self._fields = fields
+            out += sum(f * (f - 1) // 2 for f in fields.values())
         self.out_dim = out
 
     def _table(self, dim: int) -> Tensor:
@@ -162,17 +178,39 @@ class IDEmbedding(Encoder):
             ids = reqs[0] if len(reqs) == 1 else torch.cat(reqs, dim=1)
             emb = self._lookup(ids, d)  # [B, Σ widths, d]
             looked[d] = list(emb.split([r.shape[1] for r in reqs], dim=1))
-        parts = [looked[d].pop(0).flatten(1) for d in self.group_dims]  # [B, n_d * d]
+        fields: dict[int, list[Tensor]] = {d: [] for d in self.dims}  # [B, n, d] per dim
+        for d in self.group_dims:
+            fields[d].append(looked[d].pop(0))  # [B, n_d, d]
         seq_emb = [looked[dim].pop(0) for _, dim, *_ in self._seq]
         for (n, dim, _off, tcol, _toff, modes), h in zip(self._seq, seq_emb):
             mask = batch[f"seq/{n}"] != 0  # [B, L]
             for m in modes:
                 if m == "mean":
-                    parts.append(masked_mean(h, mask))
+                    pooled = masked_mean(h, mask)
                 else:
                     t = looked[dim].pop(0).squeeze(1)  # [B, d] target embedding
-                    parts.append(self.attn[n](h, t, mask))
+                    pooled = self.attn[n](h, t, mask)
+                fields[dim].append(pooled.unsqueeze(1))
+        stacked = [torch.cat(f, dim=1) if len(f) > 1 else f[0] for f in fields.values() if f]
+        parts = [s.flatten(1) for s in stacked]
+        if self.interactions:
+            for s in stacked:
+                n = s.shape[1]
+                if n > 1:
+                    dots = torch.bmm(s, s.transpose(1, 2))  # [B, n, n]
+                    iu = torch.triu_indices(n, n, offset=1, device=s.device)
+                    parts.append(dots[:, iu[0], iu[1]])
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def embedding_of(self, name: str, ids: Tensor) -> Tensor:
+        """Embedding rows of feature ``name`` for encoded ``ids`` (any shape) → ``[*ids.shape, d]``.
+
+        Useful as item vectors for diversity re-ranking (``embedding_of("item_id", ids)``).
+        """
+        if name not in self._owner_offsets:
+            raise KeyError(f"IDEmbedding has no table rows for feature {name!r}")
+        dim, off = self._owner_offsets[name]
+        return F.embedding(ids + off, self._table(dim))
 
     def param_groups(self, sparse: bool) -> list[dict[str, Any]]:
         self.sparse_grad = bool(sparse)
@@ -183,4 +221,5 @@ class IDEmbedding(Encoder):
             "features": self.features,
             "sequence_pooling": list(self.sequence_pooling),
             "init_std": self.init_std,
+            "interactions": self.interactions,
         }

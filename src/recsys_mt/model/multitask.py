@@ -194,6 +194,11 @@ class MultiTaskModel(nn.Module):
             self.train(was_training)
         return torch.cat(out)
 
+    def predict_columns(self) -> list[str]:
+        """Names of the columns :meth:`predict` returns, in order."""
+        cols = [t.name for t in self.tasks]
+        return cols + [t.joint for t in self.tasks if t.given is not None and t.binary]
+
     def predict(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> pd.DataFrame:
         """Per-row predictions as a DataFrame.
 

@@ -1,0 +1,46 @@
+"""Objective fusion and batched diversity re-rankers.
+
+Fusion (:mod:`.fusion`) turns per-objective scores into one ranking score; the re-rankers
+(:class:`MMR`, :class:`CategoryCoverage`, :class:`DPP`) pick ``k`` candidates per user from
+``scores [B, N]`` in one batched greedy pass and return candidate positions ``[B, min(k, N)]``
+(``-1`` = padding).  :mod:`.reference` holds plain per-user NumPy versions used by the tests and
+the benchmark.  See ``docs/reranking.md``.
+"""
+
+from .base import (
+    PAD,
+    Reranker,
+    RerankInputs,
+    gather_selected,
+    normalize_relevance,
+    relevance_order,
+)
+from .coverage import CategoryCoverage, category_distribution
+from .dpp import DPP, dpp_tolerance
+from .fusion import (
+    DEFAULT_PRODUCT_EPS,
+    CallableFusion,
+    Fusion,
+    WeightedProduct,
+    WeightedSum,
+)
+from .mmr import MMR
+
+__all__ = [
+    "PAD",
+    "Reranker",
+    "RerankInputs",
+    "MMR",
+    "CategoryCoverage",
+    "DPP",
+    "gather_selected",
+    "normalize_relevance",
+    "relevance_order",
+    "category_distribution",
+    "dpp_tolerance",
+    "Fusion",
+    "WeightedSum",
+    "WeightedProduct",
+    "CallableFusion",
+    "DEFAULT_PRODUCT_EPS",
+]

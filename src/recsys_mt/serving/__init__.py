@@ -1,0 +1,5 @@
+"""Serving: the ``Recommender`` facade (score candidates → fuse → re-rank → top-k)."""
+
+from .recommender import Recommender
+
+__all__ = ["Recommender"]

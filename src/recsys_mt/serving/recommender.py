@@ -1,0 +1,241 @@
+"""``Recommender``: score (user, candidate) pairs → fuse objectives → re-rank → top-k."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ..rerank import PAD, Reranker, gather_selected, relevance_order
+
+FusionFn = Callable[[Any], Any]
+
+
+class Recommender:
+    """Turns a trained :class:`~recsys_mt.model.MultiTaskModel` into ranked lists.
+
+    For every user and each of their candidates the model predicts all objectives (in batches,
+    under ``torch.inference_mode``); a fusion combines them into one score ``[B, N]``; a
+    re-ranker (or plain top-k) picks ``k`` items per user, batched over users.
+
+    Args:
+        model: a trained model (put in eval mode once here; the object is never mutated after,
+            so one ``Recommender`` can serve concurrent calls from several threads).
+        catalog: one row per item with the item-side feature columns the schema needs
+            (``item_id``, ``category``, ``price``, titles, …). Columns of the catalog override
+            same-named user columns.
+        item_key: the catalog's id column (a :class:`~recsys_mt.data.Sparse` feature).
+        category: catalog column with the item category, for category-aware re-rankers and
+            the ``category`` output column (``None`` to skip).
+        item_vectors: ``[M, d]`` vectors aligned with the catalog rows for similarity-based
+            re-rankers; ``"auto"`` takes the model's learned ``item_key`` embeddings; ``None``
+            disables them.
+        batch_size: rows per model forward pass.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        catalog: pd.DataFrame,
+        item_key: str = "item_id",
+        category: str | None = "category",
+        item_vectors: Tensor | np.ndarray | str | None = "auto",
+        batch_size: int = 16384,
+    ):
+        if not isinstance(catalog, pd.DataFrame) or len(catalog) == 0:
+            raise ValueError("catalog must be a non-empty DataFrame (one row per item)")
+        if item_key not in catalog.columns:
+            raise KeyError(f"catalog has no item_key column {item_key!r}: {list(catalog.columns)}")
+        if catalog[item_key].duplicated().any():
+            dup = catalog[item_key][catalog[item_key].duplicated()].iloc[0]
+            raise ValueError(f"catalog has duplicate {item_key!r} values, e.g. {dup!r}")
+        if category is not None and category not in catalog.columns:
+            raise KeyError(f"catalog has no category column {category!r}")
+        self.model = model.eval()
+        self.schema = model.schema
+        self.catalog = catalog.reset_index(drop=True)
+        self.item_key = item_key
+        self.category = category
+        self.batch_size = batch_size
+        self._pos = pd.Index(self.catalog[item_key])
+        self._categories = (
+            torch.from_numpy(pd.factorize(self.catalog[category])[0].astype(np.int64))
+            if category is not None else None
+        )
+        self._vectors = self._item_vectors(item_vectors)
+
+    def _item_vectors(self, item_vectors) -> Tensor | None:
+        if item_vectors is None:
+            return None
+        if isinstance(item_vectors, str):
+            if item_vectors != "auto":
+                raise ValueError(f"item_vectors must be 'auto', None or an array, got {item_vectors!r}")
+            cat = self.catalog[[self.item_key]].copy()
+            enc = next((e for e in self.model.encoders if hasattr(e, "embedding_of")), None)
+            if enc is None:
+                return None
+            frame_ids = self._encode_ids(cat[self.item_key])
+            with torch.inference_mode():
+                return enc.embedding_of(self.item_key, frame_ids.to(self.model.device)).float().cpu()
+        v = torch.as_tensor(np.asarray(item_vectors), dtype=torch.float32)
+        if v.dim() != 2 or v.shape[0] != len(self.catalog):
+            raise ValueError(f"item_vectors must be [M={len(self.catalog)}, d], got {tuple(v.shape)}")
+        return v
+
+    def _encode_ids(self, values: pd.Series) -> Tensor:
+        from ..data.schema import _canonical, _id_kind
+
+        vocab = self.schema.vocabularies_[self.item_key]
+        kind = _id_kind(values, f"column {self.item_key!r}")
+        vals, missing = _canonical(values, kind)
+        return torch.from_numpy(vocab.lookup(vals, missing))
+
+    def _candidate_positions(self, candidates, n_users: int) -> tuple[Tensor, Tensor]:
+        """``(positions [B, N] into the catalog, mask [B, N])``."""
+        if candidates is None:
+            pos = torch.arange(len(self.catalog)).expand(n_users, -1)
+            return pos, torch.ones_like(pos, dtype=torch.bool)
+        if isinstance(candidates, (pd.Series, np.ndarray)) or (
+            isinstance(candidates, Sequence) and candidates
+            and not isinstance(candidates[0], (list, tuple, np.ndarray, pd.Series))
+        ):
+            shared = self._lookup(list(candidates))
+            pos = torch.as_tensor(shared).expand(n_users, -1)
+            return pos, torch.ones_like(pos, dtype=torch.bool)
+        if len(candidates) != n_users:
+            raise ValueError(f"got {len(candidates)} candidate lists for {n_users} users")
+        width = max((len(c) for c in candidates), default=0)
+        if width == 0:
+            raise ValueError("every candidate list is empty")
+        pos = torch.zeros(n_users, width, dtype=torch.long)
+        mask = torch.zeros(n_users, width, dtype=torch.bool)
+        for b, cand in enumerate(candidates):
+            if len(cand):
+                pos[b, : len(cand)] = torch.as_tensor(self._lookup(list(cand)))
+                mask[b, : len(cand)] = True
+        return pos, mask
+
+    def _lookup(self, items: list) -> np.ndarray:
+        pos = self._pos.get_indexer(items)
+        if (pos < 0).any():
+            bad = [items[i] for i in np.flatnonzero(pos < 0)[:5]]
+            raise KeyError(f"candidate item(s) {bad} are not in the catalog")
+        return pos
+
+    def score(self, users: pd.DataFrame, positions: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Every objective for every valid (user, candidate) pair: ``{name: [B, N]}``
+        (conditional and joint probabilities; 0 at padded slots)."""
+        b, n = positions.shape
+        rows_u, rows_c = torch.nonzero(mask, as_tuple=True)
+        user_part = users.iloc[rows_u.numpy()].reset_index(drop=True)
+        item_part = self.catalog.iloc[positions[rows_u, rows_c].numpy()].reset_index(drop=True)
+        pairs = pd.concat([user_part.drop(columns=[c for c in item_part.columns
+                                                   if c in user_part.columns]), item_part], axis=1)
+        frame = self.schema.transform(pairs, labels=False)
+        pred = self.model.predict(frame, batch_size=self.batch_size)
+        out = {}
+        for col in pred.columns:
+            full = torch.zeros(b, n, dtype=torch.float32)
+            full[rows_u, rows_c] = torch.from_numpy(pred[col].to_numpy(np.float32))
+            out[col] = full
+        return out
+
+    def recommend(
+        self,
+        users: pd.DataFrame,
+        candidates: Any = None,
+        k: int = 10,
+        fusion: FusionFn | str | None = None,
+        reranker: Reranker | None = None,
+        user_category_pref: Tensor | None = None,
+    ) -> pd.DataFrame:
+        """Top-``k`` items per user as a tidy DataFrame.
+
+        Args:
+            users: one row per user with the user-side feature columns (``user_id``, ``age``,
+                ``hist_items``, …).
+            candidates: per-user lists of item ids (ragged lists are padded and masked), one
+                shared list for every user, or ``None`` for the whole catalog.
+            k: list length; ``k`` larger than a user's candidates returns all of them.
+            fusion: a fusion (``WeightedProduct(ctr=1, cvr=1, price=1)``, a callable of the
+                ``{objective: [B, N]}`` dict, …) or the name of one predicted column; default:
+                the joint probability of the deepest binary task (e.g. ``ctcvr``). Catalog
+                numeric columns (``price``) are available to the fusion as objectives.
+            reranker: ``MMR``, ``CategoryCoverage``, ``DPP``, … or ``None`` for plain top-k.
+            user_category_pref: ``[B, C]`` category preferences for coverage re-rankers.
+
+        Returns:
+            Columns ``user`` (row position in ``users``, or its ``user_id`` when present),
+            ``rank`` (1-based), ``item``, ``score`` (fused), each predicted objective, and
+            ``category`` when known.
+        """
+        if not isinstance(users, pd.DataFrame) or len(users) == 0:
+            raise ValueError("users must be a non-empty DataFrame, one row per user")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        users = users.reset_index(drop=True)
+        positions, mask = self._candidate_positions(candidates, len(users))
+        objectives = self.score(users, positions, mask)
+        for col in self.catalog.columns:
+            if col not in objectives and pd.api.types.is_numeric_dtype(self.catalog[col]) and (
+                col != self.item_key
+            ):
+                values = torch.as_tensor(self.catalog[col].to_numpy(np.float32))
+                objectives[col] = values[positions]
+        scores = self._fuse(objectives, fusion)
+        scores = torch.where(mask, scores, torch.tensor(float("-inf")))
+        extra: dict[str, Tensor] = {}
+        if self._categories is not None:
+            extra["categories"] = self._categories[positions]
+        if self._vectors is not None:
+            extra["item_vectors"] = self._vectors[positions]
+        if user_category_pref is not None:
+            extra["user_category_pref"] = torch.as_tensor(user_category_pref)
+        with torch.inference_mode():
+            if reranker is None:
+                chosen = relevance_order(scores, k, mask=mask)
+            else:
+                chosen = reranker(scores, k, mask=mask, **extra)
+        return self._to_frame(users, positions, chosen, scores, objectives)
+
+    def _fuse(self, objectives: dict[str, Tensor], fusion) -> Tensor:
+        if fusion is None:
+            binary = [t for t in self.schema.tasks if t.binary]
+            deepest = max(binary, key=lambda t: _depth(self.schema.tasks, t.name))
+            fusion = deepest.joint if deepest.given else deepest.name
+        if isinstance(fusion, str):
+            if fusion not in objectives:
+                raise KeyError(f"fusion column {fusion!r} not among {sorted(objectives)}")
+            return objectives[fusion].float()
+        return torch.as_tensor(fusion(objectives)).float()
+
+    def _to_frame(self, users, positions, chosen, scores, objectives) -> pd.DataFrame:
+        valid = chosen != PAD
+        item_pos = gather_selected(positions, chosen)  # [B, k] catalog rows
+        b_idx, slot = torch.nonzero(valid, as_tuple=True)
+        cat_rows = item_pos[b_idx, slot].numpy()
+        who = users["user_id"].to_numpy()[b_idx.numpy()] if "user_id" in users else b_idx.numpy()
+        out = {
+            "user": who,
+            "rank": slot.numpy() + 1,
+            "item": self.catalog[self.item_key].to_numpy()[cat_rows],
+            "score": gather_selected(scores, chosen)[b_idx, slot].numpy(),
+        }
+        for name in self.model.predict_columns():
+            out[name] = gather_selected(objectives[name], chosen)[b_idx, slot].numpy()
+        if self.category is not None:
+            out["category"] = self.catalog[self.category].to_numpy()[cat_rows]
+        return pd.DataFrame(out)
+
+
+def _depth(tasks, name: str) -> int:
+    by = {t.name: t for t in tasks}
+    d = 0
+    while by[name].given is not None:
+        name = by[name].given
+        d += 1
+    return d
