@@ -230,3 +230,37 @@ def test_evaluate_respects_the_funnel():
     assert rows["repurchase", "auc"] == df.purchase.sum()
     assert rows["ctcvr", "auc"] == len(df)  # joint on all rows
     assert {"auc", "gauc", "logloss", "calibration"} <= set(table.metric)
+
+
+def test_unique_inverse_matches_torch_unique():
+    from recsys_mt.encoders.sparse_embedding import unique_inverse
+
+    ids = torch.randint(0, 50, (37, 5))
+    u, inv = unique_inverse(ids)
+    u2, inv2 = torch.unique(ids, return_inverse=True)
+    assert torch.equal(u, u2) and torch.equal(inv, inv2)
+
+
+def test_row_sparse_adam_updates_only_seen_rows_like_adam():
+    from recsys_mt.train.sparse_optim import RowSparseAdam
+
+    torch.manual_seed(0)
+    w_dense = nn.Parameter(torch.randn(10, 3))
+    w_sparse = nn.Parameter(w_dense.detach().clone())
+    ids = torch.tensor([[1, 4], [4, 7]])
+    from recsys_mt.encoders.sparse_embedding import row_sparse_embedding
+
+    dense_opt = torch.optim.Adam([w_dense], lr=0.1)
+    sparse_opt = RowSparseAdam([w_sparse], lr=0.1)
+    for _ in range(3):
+        for opt, w, emb in ((dense_opt, w_dense, lambda w: w[ids]),
+                            (sparse_opt, w_sparse, lambda w: row_sparse_embedding(w, ids))):
+            opt.zero_grad()
+            (emb(w) ** 2).sum().backward()
+            opt.step()
+    seen = torch.tensor([1, 4, 7])
+    # rows seen every step follow Adam exactly; unseen rows never move
+    torch.testing.assert_close(w_sparse[seen], w_dense[seen])
+    unseen = torch.tensor([0, 2, 3, 5, 6, 8, 9])
+    torch.manual_seed(0)
+    assert torch.equal(w_sparse[unseen], torch.randn(10, 3)[unseen])

@@ -122,7 +122,8 @@ class Sequence(Feature):
             this sequence shares, e.g. ``"item_id"``; ``None`` learns its own vocabulary.
         max_len: keep the last ``max_len`` entries (lists are assumed oldest → newest).
         dim: embedding dimension when the vocabulary is its own (ignored with ``vocab_from``).
-        min_freq, max_vocab: as for :class:`Sparse`, when the vocabulary is its own.
+        min_freq: as for :class:`Sparse`, when the vocabulary is its own.
+        max_vocab: see ``min_freq``.
         column: source column; each cell is a list / array of ids, or NaN / None for empty.
 
     Encoded as int64 ``[N, max_len]``, left-aligned, padded with 0.

@@ -26,7 +26,8 @@ class BatchLoader:
         shuffle: reshuffle every epoch (call :meth:`set_epoch`, as the Trainer does).
         seed: base seed of the shuffle.
         drop_last: drop the last incomplete batch.
-        rank, world_size: shard for distributed data parallel training.
+        rank: shard for distributed data parallel training.
+        world_size: see ``rank``.
         device: move each batch here (use ``frame.to(device)`` once instead when it fits).
     """
 

@@ -509,7 +509,7 @@ def make_funnel_data(
     cvr_base: float = 0.22,
     repurchase_base: float = 0.32,
     interaction: float = 1.0,
-    noise: float = 0.5,
+    noise: float = 0.0,
     age_nan_frac: float = 0.01,
     targeted_frac: float = 0.5,
 ) -> FunnelData:
@@ -528,7 +528,9 @@ def make_funnel_data(
         repurchase_base: target p(repurchase | purchase) of the funnel.
         interaction: weight of the user-item affinity in the click (and, at 0.35x, purchase)
             logit; 0 leaves only user and item main effects.
-        noise: std of the per-impression unobservable logit noise added to each stage.
+        noise: std of per-impression logit noise added to each stage (default 0). It stands for
+            context no feature shows; with noise > 0 the oracle AUC (of the true probabilities)
+            is an upper bound no model can reach, because the noise is part of the truth.
         age_nan_frac: fraction of users whose observed ``age`` is NaN.
         targeted_frac: fraction of impressions whose item is drawn by affinity (the rest are
             drawn by popularity).

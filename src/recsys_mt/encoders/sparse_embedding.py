@@ -6,19 +6,35 @@ import torch
 from torch import Tensor
 
 
+def unique_inverse(ids: Tensor) -> tuple[Tensor, Tensor]:
+    """``(uniq [U], inverse like ids)`` with ``uniq`` sorted and ``uniq[inverse] == ids``.
+
+    Same result as ``torch.unique(ids, return_inverse=True)``, built on a stable sort, which
+    on the CPU is an order of magnitude faster than ``torch.unique`` for embedding-sized inputs.
+    """
+    flat = ids.reshape(-1)
+    sorted_ids, perm = torch.sort(flat, stable=True)
+    new = torch.ones_like(sorted_ids, dtype=torch.bool)
+    new[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    uniq = sorted_ids[new]
+    inverse = torch.empty_like(flat)
+    inverse[perm] = torch.cumsum(new, 0) - 1
+    return uniq, inverse.view_as(ids)
+
+
 class _RowSparseLookup(torch.autograd.Function):
     """``weight[ids]`` whose gradient w.r.t. ``weight`` is a coalesced sparse COO tensor.
 
     ``torch.nn.functional.embedding(..., sparse=True)`` returns one gradient row per lookup
     (uncoalesced); coalescing those costs more than a dense optimizer step. Here the distinct
-    ids are found once in the forward pass (``torch.unique``: one sort) and the backward sums
-    the output gradients per distinct row with ``index_add_``, so the optimizer receives
-    ``U ≤ B·F`` unique rows, already sorted and summed.
+    ids are found once in the forward pass (:func:`unique_inverse`: one stable sort) and the
+    backward sums the output gradients per distinct row with ``index_add_``, so the optimizer
+    receives ``U ≤ B·F`` unique rows, already sorted and summed.
     """
 
     @staticmethod
     def forward(ctx, weight: Tensor, ids: Tensor) -> Tensor:
-        uniq, inv = torch.unique(ids, return_inverse=True)
+        uniq, inv = unique_inverse(ids)
         ctx.save_for_backward(uniq, inv)
         ctx.weight_shape = weight.shape
         return weight.index_select(0, uniq)[inv]

@@ -97,7 +97,8 @@ def intra_list_diversity(
         vectors: per-row candidate vectors ``[B, N, d]`` or a catalog ``[M, d]``.
         mask: optional ``[B, k]`` bool, False = padded slot.
         metric: ``"cosine"`` or ``"euclidean"``.
-        reduction, ignore_empty: see module doc; lists with < 2 valid items score 0.
+        reduction: see module doc; lists with < 2 valid items score 0.
+        ignore_empty: see ``reduction``.
 
     Example:
         >>> round(intra_list_diversity([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]]), 4)  # (1+0+1)/3
@@ -179,7 +180,8 @@ def category_coverage(
         num_categories: total number of categories in the catalog.
         mask: optional ``[B, k]`` bool, False = padded slot.
         normalize: ``"list"`` or ``"catalog"``.
-        reduction, ignore_empty: see module doc (empty lists score 0).
+        reduction: see module doc (empty lists score 0).
+        ignore_empty: see ``reduction``.
 
     Example:
         >>> category_coverage([[3, 3, 5, 1]])  # 3 distinct / 4 items
@@ -225,7 +227,8 @@ def category_entropy(
     Args:
         categories: ``[B, k]`` category id of each list item.
         mask: optional ``[B, k]`` bool, False = padded slot.
-        reduction, ignore_empty: see module doc (empty lists score 0).
+        reduction: see module doc (empty lists score 0).
+        ignore_empty: see ``reduction``.
 
     Example:
         >>> round(category_entropy([[1, 1, 2, 2]]), 4)  # log(2)
@@ -427,7 +430,8 @@ def alpha_ndcg(
             judges only the ordering of the list).
         mask: optional ``[B, L]`` bool, False = padded slot (padded slots are removed).
         candidate_mask: optional ``[B, N]`` bool, False = invalid candidate.
-        reduction, ignore_empty: see module doc; rows with ideal 0 score 0.
+        reduction: see module doc; rows with ideal 0 score 0.
+        ignore_empty: see ``reduction``.
 
     Example:
         >>> # list A, A, B: DCG = 1 + 0.5/log2(3) + 1/2; greedy ideal A, B, A = 1 + 1/log2(3) + 0.25

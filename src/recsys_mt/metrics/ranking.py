@@ -308,7 +308,8 @@ def ndcg_of_ranking(
         relevance: ``[B, N]`` relevance of all candidates, used for the ideal DCG.
         k: cut-off, default ``L``.
         mask: optional ``[B, N]`` candidate validity for the ideal DCG.
-        reduction, ignore_empty: as in :func:`ndcg_at_k`.
+        reduction: as in :func:`ndcg_at_k`.
+        ignore_empty: see ``reduction``.
 
     Example:
         >>> round(ndcg_of_ranking([[0, 1]], [[1, 0, 0]]), 4)  # 1/log2(3) / 1
@@ -344,7 +345,8 @@ def list_ndcg(
         k: cut-off, default ``L``.
         mask: optional ``[B, N]`` candidate validity.
         list_mask: optional ``[B, L]`` bool, False = padded slot.
-        reduction, ignore_empty: as in :func:`ndcg_at_k`.
+        reduction: as in :func:`ndcg_at_k`.
+        ignore_empty: see ``reduction``.
 
     Example:
         >>> list_ndcg([[2, 0]], [[0, 0, 1]])

@@ -233,13 +233,17 @@ class MultiTaskModel(nn.Module):
                                frame["group"] if "group" in frame else None)
 
     def validation_metrics(self, frame: TensorFrame, batch_size: int) -> dict[str, float]:
-        """Trainer protocol: ``{"loss", "<task>_auc", "<task>_logloss", "<joint>_auc", …}``."""
+        """Trainer protocol: ``{"loss", "<task>_auc", "<task>_logloss", "<joint>_auc", …}``.
+
+        ``loss`` is ``Σ_t Task.weight · L_t`` with the model's supervision — a fixed criterion
+        for early stopping even when the balancer learns its weights.
+        """
         frame = self.prepare(frame)
         logits = self.predict_logits(frame, batch_size)
         labels = frame["labels"]
         with torch.no_grad():
             per = self.losses(logits, labels.to(logits.device))
-            total = float(self.balancer({k: v.to(self.device) for k, v in per.items()}))
+        total = sum(t.weight * float(per[t.name]) for t in self.tasks)
         out = {"loss": total}
         out.update({f"loss_{k}": float(v) for k, v in per.items()})
         cond, joint = self.probabilities(logits)

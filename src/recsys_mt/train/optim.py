@@ -222,6 +222,12 @@ def build_optimizer(
     opts: list[Optimizer] = []
     if dense:
         cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+        if name in ("adam", "adamw") and "fused" not in kwargs and "foreach" not in kwargs:
+            # the fused kernel does Adam's element-wise passes in one sweep (CPU and CUDA)
+            params = [p for g in dense for p in g["params"]]
+            if all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+                   for p in params):
+                kwargs["fused"] = True
         opts.append(cls([_clean(g) for g in dense], lr=lr, **kwargs))
     if sparse:
         sparse_groups = [_clean(g, drop=("weight_decay",)) for g in sparse]

@@ -20,7 +20,9 @@ def row_grad(g: Tensor) -> tuple[Tensor, Tensor]:
     vals = g._values()
     if g.is_coalesced() or idx.numel() < 2 or bool((idx[1:] > idx[:-1]).all()):
         return idx, vals
-    uniq, inv = torch.unique(idx, return_inverse=True)
+    from ..encoders.sparse_embedding import unique_inverse
+
+    uniq, inv = unique_inverse(idx)
     summed = torch.zeros(
         (uniq.numel(),) + tuple(vals.shape[1:]), dtype=vals.dtype, device=vals.device
     ).index_add_(0, inv, vals)
@@ -74,7 +76,10 @@ class RowSparseAdam(torch.optim.Optimizer):
                     vi = v.index_select(0, idx).mul_(b2).addcmul_(gv, gv, value=1 - b2)
                     m.index_copy_(0, idx, mi)
                     v.index_copy_(0, idx, vi)
-                    p.index_add_(0, idx, mi.div_(vi.sqrt_().add_(eps)).mul_(-step_size))
+                    # rows are distinct: gather + update + scatter (index_add_ into a large
+                    # table is far slower on the CPU)
+                    step = mi.div_(vi.sqrt_().add_(eps)).mul_(-step_size)
+                    p.index_copy_(0, idx, p.index_select(0, idx).add_(step))
                 else:
                     m.lerp_(g, 1 - b1)
                     v.mul_(b2).addcmul_(g, g, value=1 - b2)

@@ -379,8 +379,9 @@ class Trainer:
         grad_clip_norm: clip the global L2 norm of all gradients (dense and sparse) to this.
         scheduler: ``None``, ``"cosine"``, ``"linear"``, ``"linear_warmup"`` or a callable
             ``(optimizer) -> LRScheduler``; stepped once per optimiser step.
-        warmup_steps, min_lr_ratio: shape of the named schedules (see
+        warmup_steps: shape of the named schedules (see
             :func:`~recsys_mt.train.optim.build_scheduler`).
+        min_lr_ratio: see ``warmup_steps``.
         callbacks: :class:`~recsys_mt.train.Callback` instances.
         loggers: :class:`~recsys_mt.train.Logger` instances (rank 0 only).
         progress_bar: show a tqdm bar per epoch on stderr (rank 0 only).
@@ -887,7 +888,8 @@ class Trainer:
             self.should_stop = dist_utils.any_true(self.should_stop, self.device)
 
     def _window_loss(
-        self, window_loss: Tensor, window_rows: int, epoch: int, first: int, last: int
+        self: Tensor, window_rows: int, epoch: int, first: int, last: int
+        window_loss: see ``self``.
     ) -> float:
         """Mean loss of the finished window (averaged over processes); raises
         ``FloatingPointError`` when it is not finite, before the optimiser step."""

@@ -1,0 +1,39 @@
+"""Smoke tests: the examples and the demo run end to end on small data."""
+
+import importlib.util
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quickstart_example():
+    report = load("quickstart").main(["--impressions", "20000", "--epochs", "1"])
+    aucs = report.query("metric == 'auc'").set_index("task")["value"]
+    assert set(aucs.index) >= {"ctr", "cvr", "ctcvr", "repurchase"}
+    assert aucs["ctr"] > 0.55  # learned something in one small epoch
+
+
+def test_custom_head_example():
+    assert load("custom_head").main(["--impressions", "20000", "--epochs", "1"]) is True
+
+
+def test_demo_json_line(capsys):
+    from recsys_mt import demo
+
+    demo.main(["--impressions", "20000", "--users", "300", "--items", "200", "--epochs", "1",
+               "--json", "--no-progress"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert set(result["tasks"]) == {"ctr", "cvr", "repurchase"}
+    for task in result["tasks"].values():
+        assert 0.5 < task["oracle_auc"] <= 1 and 0 < task["auc"] <= 1
+    assert result["seconds"] > 0
+
