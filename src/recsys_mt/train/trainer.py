@@ -888,8 +888,7 @@ class Trainer:
             self.should_stop = dist_utils.any_true(self.should_stop, self.device)
 
     def _window_loss(
-        self: Tensor, window_rows: int, epoch: int, first: int, last: int
-        window_loss: see ``self``.
+        self, window_loss: Tensor, window_rows: int, epoch: int, first: int, last: int
     ) -> float:
         """Mean loss of the finished window (averaged over processes); raises
         ``FloatingPointError`` when it is not finite, before the optimiser step."""
