@@ -140,7 +140,7 @@ class Recommender:
         out = {}
         for col in pred.columns:
             full = torch.zeros(b, n, dtype=torch.float32)
-            full[rows_u, rows_c] = torch.from_numpy(pred[col].to_numpy(np.float32))
+            full[rows_u, rows_c] = torch.tensor(pred[col].to_numpy(np.float32))
             out[col] = full
         return out
 
