@@ -37,3 +37,13 @@ def test_demo_json_line(capsys):
         assert 0.5 < task["oracle_auc"] <= 1 and 0 < task["auc"] <= 1
     assert result["seconds"] > 0
 
+
+
+def test_diversity_tradeoff_example_synthetic():
+    rows = load("diversity_tradeoff").main(["--synthetic", "--users", "32", "--candidates", "50"])
+    by = {(r["method"], r["param"]): r for r in rows}
+    # the pure-relevance ends of the three sweeps are the same list
+    assert by["mmr", 1.0]["ndcg@10"] == by["dpp", 1.0]["ndcg@10"] == by["coverage", 0.0]["ndcg@10"]
+    # strong diversification raises diversity
+    assert by["mmr", 0.3]["ild"] > by["mmr", 1.0]["ild"]
+    assert by["coverage", 0.9]["coverage"] > by["coverage", 0.0]["coverage"]
