@@ -66,11 +66,11 @@ def oracle_table(test, pred) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m recsys_mt.demo", description=__doc__.split("\n")[0])
     p.add_argument("--impressions", type=int, default=400_000)
-    p.add_argument("--users", type=int, default=3000)
-    p.add_argument("--items", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--items", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--head", choices=sorted(HEADS), default="mmoe")
     p.add_argument("--supervision", choices=["entire_space", "conditional"],
                    default="entire_space")
@@ -95,10 +95,16 @@ def main(argv: list[str] | None = None) -> dict:
           f"{train_df.purchase.sum() / max(train_df.click.sum(), 1):.3f}", file=sys.stderr)
 
     torch.manual_seed(args.seed)
-    model = rm.MultiTaskModel(schema, head=HEADS[args.head](), supervision=args.supervision)
+    model = rm.MultiTaskModel(
+        schema,
+        encoders=[rm.IDEmbedding(interactions=True), rm.DenseEncoder()],
+        head=HEADS[args.head](),
+        supervision=args.supervision,
+        balancer=rm.UncertaintyWeighting(),
+    )
     trainer = rm.Trainer(
         max_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        callbacks=[rm.EarlyStopping("val/ctcvr_auc", patience=1)],
+        callbacks=[rm.EarlyStopping("val/loss", patience=1)],
         progress_bar=not args.no_progress,
     )
     trainer.fit(model, train, val)
