@@ -61,6 +61,10 @@ class IDEmbedding(Encoder):
             features and pooled sequence views with the same dimension), as in DLRM / FM
             (``F·(F−1)/2`` extra columns): MLPs learn multiplicative user × item affinities poorly
             from concatenated embeddings alone.
+        lr_scale: learning-rate multiplier of the tables (the Trainer's ``lr`` times this).
+            With sparse gradients a row is only updated in batches that contain it, so rare
+            ids get few steps; a larger rate (10–30) often converges faster in the first
+            epochs.
 
     With sparse gradients on (the Trainer's default on one device), only the rows a batch
     touches receive gradients and optimizer updates.
@@ -72,6 +76,7 @@ class IDEmbedding(Encoder):
         sequence_pooling: tuple[str, ...] | list[str] = ("mean", "attention"),
         init_std: float = 0.05,
         interactions: bool = False,
+        lr_scale: float = 1.0,
     ):
         super().__init__()
         bad = [p for p in sequence_pooling if p not in POOLINGS]
@@ -81,6 +86,7 @@ class IDEmbedding(Encoder):
         self.sequence_pooling = tuple(sequence_pooling)
         self.init_std = init_std
         self.interactions = interactions
+        self.lr_scale = lr_scale
         self.sparse_grad = False
 
     def build(self, schema: Any) -> None:
@@ -214,7 +220,8 @@ class IDEmbedding(Encoder):
 
     def param_groups(self, sparse: bool) -> list[dict[str, Any]]:
         self.sparse_grad = bool(sparse)
-        return [{"params": list(self.tables), "sparse": bool(sparse), "weight_decay": 0.0}]
+        return [{"params": list(self.tables), "sparse": bool(sparse), "weight_decay": 0.0,
+                 "lr_scale": self.lr_scale}]
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -222,4 +229,5 @@ class IDEmbedding(Encoder):
             "sequence_pooling": list(self.sequence_pooling),
             "init_std": self.init_std,
             "interactions": self.interactions,
+            "lr_scale": self.lr_scale,
         }
