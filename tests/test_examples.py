@@ -15,10 +15,10 @@ def load(name):
 
 
 def test_quickstart_example():
-    report = load("quickstart").main(["--impressions", "20000", "--epochs", "1"])
+    report = load("quickstart").main(["--impressions", "60000", "--epochs", "3"])
     aucs = report.query("metric == 'auc'").set_index("task")["value"]
     assert set(aucs.index) >= {"ctr", "cvr", "ctcvr", "repurchase"}
-    assert aucs["ctr"] > 0.55  # learned something in one small epoch
+    assert aucs["ctr"] > 0.55  # learned something in three small epochs
 
 
 def test_custom_head_example():

@@ -1029,8 +1029,9 @@ class Trainer:
 
 
 def _shown(key: str) -> bool:
-    """Keys shown in the progress bar's end-of-epoch summary."""
-    return key == "train/loss" or key.startswith("val/")
+    """Keys shown in the progress bar's end-of-epoch summary: the losses and AUCs (the full
+    set of validation metrics goes to the loggers and ``history``)."""
+    return key in ("train/loss", "val/loss") or (key.startswith("val/") and key.endswith("_auc"))
 
 
 def _positive_int(name: str, value: Any, minimum: int) -> None:
