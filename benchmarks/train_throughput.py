@@ -367,8 +367,11 @@ def run_recsys_mt(data: Data, args: argparse.Namespace) -> Result:
     # lazy (row-sparse) Adam updates a row only when a batch holds it: the tables get a larger
     # learning rate, the library's recommended setting for one-epoch training (docs/benchmarks.md)
     model = rm.MultiTaskModel(
-        schema, encoders=[rm.IDEmbedding(lr_scale=args.emb_lr_scale)]
-        + ([rm.DenseEncoder()] if shape.dense_names else []), head=head)
+        schema,
+        encoders=[rm.IDEmbedding(lr_scale=args.emb_lr_scale)]
+        + ([rm.DenseEncoder()] if shape.dense_names else []),
+        head=head,
+    )
     trainer = rm.Trainer(
         max_epochs=1,
         batch_size=shape.batch_size,
@@ -533,8 +536,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--emb-lr-scale", type=float, default=30.0,
-                        help="learning-rate multiplier of recsys_mt embedding tables")
+    parser.add_argument(
+        "--emb-lr-scale",
+        type=float,
+        default=30.0,
+        help="learning-rate multiplier of recsys_mt embedding tables",
+    )
     parser.add_argument("--infer-batch", type=int, default=8192)
     parser.add_argument(
         "--peak-repeats",

@@ -45,19 +45,25 @@ def main(argv=None):
     p.add_argument("--impressions", type=int, default=60_000)
     p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args(argv)
-    train_df, val_df, test_df = make_funnel_data(n_users=800, n_items=400,
-                                                 n_impressions=args.impressions).split()
+    train_df, val_df, test_df = make_funnel_data(
+        n_users=800, n_items=400, n_impressions=args.impressions
+    ).split()
     schema = rm.Schema(
-        [rm.Sparse("user_id"), rm.Sparse("item_id"), rm.Sparse("category", dim=8),
-         rm.Dense("price", transform="log1p"),
-         rm.Sequence("hist_items", vocab_from="item_id", max_len=20)],
+        [
+            rm.Sparse("user_id"),
+            rm.Sparse("item_id"),
+            rm.Sparse("category", dim=8),
+            rm.Dense("price", transform="log1p"),
+            rm.Sequence("hist_items", vocab_from="item_id", max_len=20),
+        ],
         tasks=[rm.Task("ctr", label="click"), rm.Task("cvr", label="purchase", given="ctr")],
     )
     train = schema.fit_transform(train_df)
     torch.manual_seed(0)
     model = rm.MultiTaskModel(schema, head=GatedTowers(hidden=32))
-    rm.Trainer(max_epochs=args.epochs, progress_bar=False).fit(model, train,
-                                                                schema.transform(val_df))
+    rm.Trainer(max_epochs=args.epochs, progress_bar=False).fit(
+        model, train, schema.transform(val_df)
+    )
     test = schema.transform(test_df)
     print(model.evaluate(test).query("metric == 'auc'").to_string(index=False))
     with tempfile.TemporaryDirectory() as d:

@@ -85,8 +85,11 @@ def main(argv=None):
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--synthetic", action="store_true", help="use synthetic data even if the "
-                   "reviews data is present")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="use synthetic data even if the reviews data is present",
+    )
     p.add_argument("--out", default=None, help="PNG path for the trade-off plot")
     args = p.parse_args(argv)
 
@@ -108,8 +111,10 @@ def main(argv=None):
 
     sweeps = {
         "mmr": (lambda x: rm.MMR(lambda_=x), [1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]),
-        "coverage": (lambda x: rm.CategoryCoverage(lambda_=x),
-                     [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]),
+        "coverage": (
+            lambda x: rm.CategoryCoverage(lambda_=x),
+            [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9],
+        ),
         "dpp": (lambda x: rm.DPP(theta=x), [1.0, 0.99, 0.97, 0.95, 0.9, 0.8, 0.7, 0.5, 0.3]),
     }
     rows = []
@@ -117,11 +122,19 @@ def main(argv=None):
         for v in values:
             sel = make(v)(scores, args.k, item_vectors=vectors, categories=categories)
             row = {
-                "data": source, "method": method, "param": v,
+                "data": source,
+                "method": method,
+                "param": v,
                 "ndcg@10": round(float(list_ndcg(sel, relevance, k=args.k)), 4),
                 "ild": round(float(intra_list_diversity(sel, vectors)), 4),
-                "coverage": round(float(category_coverage(
-                    categories.gather(1, sel.clamp_min(0)), num_categories=num_cats)), 4),
+                "coverage": round(
+                    float(
+                        category_coverage(
+                            categories.gather(1, sel.clamp_min(0)), num_categories=num_cats
+                        )
+                    ),
+                    4,
+                ),
             }
             rows.append(row)
             print(json.dumps(row))
@@ -131,11 +144,20 @@ def main(argv=None):
         ok = [r for r in pts if r["ndcg@10"] >= 0.99 * base["ndcg@10"]]
         for metric in ("ild", "coverage"):
             best = max(ok, key=lambda r: r[metric])
-            print(json.dumps({
-                "method": method, "max_gain_at_ndcg_loss_le_1pct": metric,
-                "param": best["param"], "ndcg@10": best["ndcg@10"],
-                "base_ndcg@10": base["ndcg@10"], "base": base[metric], "value": best[metric],
-                "gain": round(best[metric] - base[metric], 4)}))
+            print(
+                json.dumps(
+                    {
+                        "method": method,
+                        "max_gain_at_ndcg_loss_le_1pct": metric,
+                        "param": best["param"],
+                        "ndcg@10": best["ndcg@10"],
+                        "base_ndcg@10": base["ndcg@10"],
+                        "base": base[metric],
+                        "value": best[metric],
+                        "gain": round(best[metric] - base[metric], 4),
+                    }
+                )
+            )
     if args.out:
         try:
             import matplotlib
@@ -143,22 +165,27 @@ def main(argv=None):
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
-            print("matplotlib is not installed (pip install recsys-mt[plot]): no plot",
-                  file=sys.stderr)
+            print(
+                "matplotlib is not installed (pip install recsys-mt[plot]): no plot",
+                file=sys.stderr,
+            )
             return rows
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, metric, label in ((axes[0], "ild", "intra-list diversity"),
-                                  (axes[1], "coverage", "category coverage")):
+        for ax, metric, label in (
+            (axes[0], "ild", "intra-list diversity"),
+            (axes[1], "coverage", "category coverage"),
+        ):
             for method in sweeps:
                 pts = [r for r in rows if r["method"] == method]
-                ax.plot([r[metric] for r in pts], [r["ndcg@10"] for r in pts], "o-",
-                        label=method)
+                ax.plot([r[metric] for r in pts], [r["ndcg@10"] for r in pts], "o-", label=method)
             ax.set_xlabel(label)
             ax.set_ylabel("NDCG@10")
             ax.grid(alpha=0.3)
         axes[0].legend()
-        fig.suptitle(f"Relevance vs diversity ({source} data, {args.users} requests × "
-                     f"{n} candidates, k={args.k})")
+        fig.suptitle(
+            f"Relevance vs diversity ({source} data, {args.users} requests × "
+            f"{n} candidates, k={args.k})"
+        )
         fig.tight_layout()
         pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.out, dpi=110)

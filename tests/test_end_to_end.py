@@ -13,18 +13,34 @@ from recsys_mt.metrics import auc
 def funnel():
     # a small world observed often: ~3,000 impressions per user and per item, so a model can
     # pin down every user's and item's latent effects from the data
-    data = make_funnel_data(n_users=100, n_items=100, n_categories=10, n_impressions=400_000,
-                            ctr_base=0.2, cvr_base=0.3, repurchase_base=0.35, seed=7)
+    data = make_funnel_data(
+        n_users=100,
+        n_items=100,
+        n_categories=10,
+        n_impressions=400_000,
+        ctr_base=0.2,
+        cvr_base=0.3,
+        repurchase_base=0.35,
+        seed=7,
+    )
     return data.split((0.6, 0.1, 0.3), seed=7)
 
 
 def schema():
     return rm.Schema(
-        [rm.Sparse("user_id"), rm.Sparse("item_id"), rm.Sparse("category"),
-         rm.Dense("price", transform="log1p"), rm.Dense("age", nan="mean"),
-         rm.Sequence("hist_items", vocab_from="item_id", max_len=30)],
-        tasks=[rm.Task("ctr", label="click"), rm.Task("cvr", label="purchase", given="ctr"),
-               rm.Task("repurchase", given="cvr")],
+        [
+            rm.Sparse("user_id"),
+            rm.Sparse("item_id"),
+            rm.Sparse("category"),
+            rm.Dense("price", transform="log1p"),
+            rm.Dense("age", nan="mean"),
+            rm.Sequence("hist_items", vocab_from="item_id", max_len=30),
+        ],
+        tasks=[
+            rm.Task("ctr", label="click"),
+            rm.Task("cvr", label="purchase", given="ctr"),
+            rm.Task("repurchase", given="cvr"),
+        ],
     )
 
 
@@ -39,15 +55,26 @@ def test_mmoe_reaches_oracle_auc(funnel, supervision="entire_space"):
     s = schema()
     train = s.fit_transform(train_df)
     torch.manual_seed(0)
-    model = rm.MultiTaskModel(s, encoders=[rm.IDEmbedding(interactions=True), rm.DenseEncoder()],
-                              head=rm.MMoE(num_experts=4, expert_dims=(64, 32), tower_dims=(32,)),
-                              supervision=supervision, balancer=rm.UncertaintyWeighting())
-    rm.Trainer(max_epochs=10, batch_size=1024, lr=3e-3, progress_bar=False,
-               callbacks=[rm.EarlyStopping("val/loss", patience=2)]).fit(
-        model, train, s.transform(val_df))
+    model = rm.MultiTaskModel(
+        s,
+        encoders=[rm.IDEmbedding(interactions=True), rm.DenseEncoder()],
+        head=rm.MMoE(num_experts=4, expert_dims=(64, 32), tower_dims=(32,)),
+        supervision=supervision,
+        balancer=rm.UncertaintyWeighting(),
+    )
+    rm.Trainer(
+        max_epochs=10,
+        batch_size=1024,
+        lr=3e-3,
+        progress_bar=False,
+        callbacks=[rm.EarlyStopping("val/loss", patience=2)],
+    ).fit(model, train, s.transform(val_df))
     pred = model.predict(s.transform(test_df))
-    rows = {"ctr": np.ones(len(test_df), bool), "cvr": test_df.click.values == 1,
-            "repurchase": test_df.purchase.values == 1}
+    rows = {
+        "ctr": np.ones(len(test_df), bool),
+        "cvr": test_df.click.values == 1,
+        "repurchase": test_df.purchase.values == 1,
+    }
     labels = {"ctr": "click", "cvr": "purchase", "repurchase": "repurchase"}
     gaps = {}
     for task, sel in rows.items():

@@ -28,15 +28,26 @@ def test_custom_head_example():
 def test_demo_json_line(capsys):
     from recsys_mt import demo
 
-    demo.main(["--impressions", "20000", "--users", "300", "--items", "200", "--epochs", "1",
-               "--json", "--no-progress"])
+    demo.main(
+        [
+            "--impressions",
+            "20000",
+            "--users",
+            "300",
+            "--items",
+            "200",
+            "--epochs",
+            "1",
+            "--json",
+            "--no-progress",
+        ]
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
     assert set(result["tasks"]) == {"ctr", "cvr", "repurchase"}
     for task in result["tasks"].values():
         assert 0.5 < task["oracle_auc"] <= 1 and 0 < task["auc"] <= 1
     assert result["seconds"] > 0
-
 
 
 def test_diversity_tradeoff_example_synthetic():

@@ -32,8 +32,9 @@ def test_entire_space_loss_by_hand():
     p = [[sig(z) for z in row] for row in LOGITS.tolist()]
     ctr = np.mean([bce(p[i][0], LABELS[i, 0].item()) for i in range(3)])
     # joint probability vs joint label on every row
-    ctcvr = np.mean([bce(p[i][0] * p[i][1], LABELS[i, 0].item() * LABELS[i, 1].item())
-                     for i in range(3)])
+    ctcvr = np.mean(
+        [bce(p[i][0] * p[i][1], LABELS[i, 0].item() * LABELS[i, 1].item()) for i in range(3)]
+    )
     rep = np.mean([bce(p[i][0] * p[i][1] * p[i][2], 0.0) for i in range(3)])
     assert [round(float(x), 6) for x in got] == [round(ctr, 6), round(ctcvr, 6), round(rep, 6)]
 
@@ -78,20 +79,34 @@ def funnel_df(n=400, seed=0):
     rng = np.random.default_rng(seed)
     click = (rng.random(n) < 0.4).astype(int)
     buy = click * (rng.random(n) < 0.5)
-    return pd.DataFrame({
-        "user_id": rng.integers(0, 20, n), "item_id": rng.integers(0, 30, n),
-        "category": rng.integers(0, 5, n), "price": rng.lognormal(2, 1, n),
-        "hist": [list(rng.integers(0, 30, rng.integers(0, 6))) for _ in range(n)],
-        "click": click, "purchase": buy, "repurchase": buy * (rng.random(n) < 0.5),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 20, n),
+            "item_id": rng.integers(0, 30, n),
+            "category": rng.integers(0, 5, n),
+            "price": rng.lognormal(2, 1, n),
+            "hist": [list(rng.integers(0, 30, rng.integers(0, 6))) for _ in range(n)],
+            "click": click,
+            "purchase": buy,
+            "repurchase": buy * (rng.random(n) < 0.5),
+        }
+    )
 
 
 def funnel_schema(df):
     return rm.Schema(
-        [rm.Sparse("user_id"), rm.Sparse("item_id"), rm.Sparse("category", dim=4),
-         rm.Dense("price", transform="log1p"), rm.Sequence("hist", vocab_from="item_id")],
-        tasks=[rm.Task("ctr", "click"), rm.Task("cvr", "purchase", given="ctr"),
-               rm.Task("repurchase", given="cvr")],
+        [
+            rm.Sparse("user_id"),
+            rm.Sparse("item_id"),
+            rm.Sparse("category", dim=4),
+            rm.Dense("price", transform="log1p"),
+            rm.Sequence("hist", vocab_from="item_id"),
+        ],
+        tasks=[
+            rm.Task("ctr", "click"),
+            rm.Task("cvr", "purchase", given="ctr"),
+            rm.Task("repurchase", given="cvr"),
+        ],
     ).fit(df)
 
 
@@ -140,7 +155,10 @@ def test_save_load_predicts_bit_identically(tmp_path):
     before = model.predict(frame)
     model.save_pretrained(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
-        "config.json", "model.safetensors", "schema.json"]
+        "config.json",
+        "model.safetensors",
+        "schema.json",
+    ]
     loaded = rm.MultiTaskModel.from_pretrained(tmp_path / "m")
     after = loaded.predict(rm.Schema.from_json(tmp_path / "m" / "schema.json").transform(df))
     pd.testing.assert_frame_equal(before, after, check_exact=True)
@@ -253,8 +271,10 @@ def test_row_sparse_adam_updates_only_seen_rows_like_adam():
     dense_opt = torch.optim.Adam([w_dense], lr=0.1)
     sparse_opt = RowSparseAdam([w_sparse], lr=0.1)
     for _ in range(3):
-        for opt, w, emb in ((dense_opt, w_dense, lambda w: w[ids]),
-                            (sparse_opt, w_sparse, lambda w: row_sparse_embedding(w, ids))):
+        for opt, w, emb in (
+            (dense_opt, w_dense, lambda w: w[ids]),
+            (sparse_opt, w_sparse, lambda w: row_sparse_embedding(w, ids)),
+        ):
             opt.zero_grad()
             (emb(w) ** 2).sum().backward()
             opt.step()

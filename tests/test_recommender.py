@@ -16,9 +16,14 @@ def setup():
     data = make_funnel_data(n_users=60, n_items=80, n_categories=6, n_impressions=8000, seed=3)
     df = data.impressions
     schema = rm.Schema(
-        [rm.Sparse("user_id"), rm.Sparse("item_id"), rm.Sparse("category", dim=8),
-         rm.Dense("price", transform="log1p"), rm.Dense("age", nan="mean"),
-         rm.Sequence("hist_items", vocab_from="item_id", max_len=10)],
+        [
+            rm.Sparse("user_id"),
+            rm.Sparse("item_id"),
+            rm.Sparse("category", dim=8),
+            rm.Dense("price", transform="log1p"),
+            rm.Dense("age", nan="mean"),
+            rm.Sequence("hist_items", vocab_from="item_id", max_len=10),
+        ],
         tasks=[rm.Task("ctr", label="click"), rm.Task("cvr", label="purchase", given="ctr")],
     )
     train = schema.fit_transform(df)
@@ -54,8 +59,7 @@ def test_ragged_candidates_fusion_and_k_larger_than_list(setup):
     rec = rm.Recommender(model, catalog)
     ids = catalog.item_id.tolist()
     cands = [ids[:3], ids[10:30], ids[5:6], ids[:40], ids[40:45]]
-    out = rec.recommend(users, cands, k=10,
-                        fusion=rm.WeightedProduct(ctr=1.0, cvr=1.0, price=1.0))
+    out = rec.recommend(users, cands, k=10, fusion=rm.WeightedProduct(ctr=1.0, cvr=1.0, price=1.0))
     sizes = out.groupby("user").size().reindex(users.user_id).tolist()
     assert sizes == [3, 10, 1, 10, 5]  # k > candidates returns them all, never padding
     for uid, cand in zip(users.user_id, cands):

@@ -184,9 +184,13 @@ def test_task_chain_validation():
 
 
 def test_sequence_shares_vocabulary():
-    df = pd.DataFrame({"item_id": [10, 20, 30, 10], "hist": [[10], [20, 99], [], None], "y": [0, 1, 0, 1]})
-    s = rm.Schema([rm.Sparse("item_id"), rm.Sequence("hist", vocab_from="item_id", max_len=3)],
-                  tasks=[rm.Task("y")])
+    df = pd.DataFrame(
+        {"item_id": [10, 20, 30, 10], "hist": [[10], [20, 99], [], None], "y": [0, 1, 0, 1]}
+    )
+    s = rm.Schema(
+        [rm.Sparse("item_id"), rm.Sequence("hist", vocab_from="item_id", max_len=3)],
+        tasks=[rm.Task("y")],
+    )
     f = s.fit_transform(df)
     assert f["seq/hist"].tolist() == [[2, 0, 0], [3, OOV_ID, 0], [0, 0, 0], [0, 0, 0]]
 
@@ -195,12 +199,17 @@ def test_loader_covers_each_row_once_and_shards():
     df = make_df(n=30)
     frame = make_schema().fit_transform(df)
     loader = rm.BatchLoader(frame, batch_size=7, shuffle=True, seed=3)
-    seen = torch.cat([b["group"] * 0 + b["sparse"][:, 0] * 0 + torch.arange(len(b["group"]))
-                      for b in loader])
+    seen = torch.cat(
+        [b["group"] * 0 + b["sparse"][:, 0] * 0 + torch.arange(len(b["group"])) for b in loader]
+    )
     assert len(seen) == 30 and len(loader) == 5
     frame["row"] = torch.arange(30)
-    rows = [torch.cat([b["row"] for b in rm.BatchLoader(frame, 4, shuffle=True, seed=1, rank=r,
-                                                         world_size=3)]) for r in range(3)]
+    rows = [
+        torch.cat(
+            [b["row"] for b in rm.BatchLoader(frame, 4, shuffle=True, seed=1, rank=r, world_size=3)]
+        )
+        for r in range(3)
+    ]
     assert all(len(r) == 10 for r in rows)
     assert sorted(torch.cat(rows).tolist()) == list(range(30))
     a = torch.cat([b["row"] for b in rm.BatchLoader(frame, 4, shuffle=True, seed=1)])

@@ -33,9 +33,15 @@ from .registry import register  # noqa: E402
 from .rerank import DPP, MMR, CallableFusion, CategoryCoverage, WeightedProduct, WeightedSum  # noqa: E402
 from .rerank import Fusion as ScoreFusion  # noqa: E402
 from .serving import Recommender  # noqa: E402
-from .tasks import MMoE, PLE, Head, SharedBottom, Task  # noqa: E402
-from .train import CSVLogger, EarlyStopping, ModelCheckpoint, TensorBoardLogger, Trainer  # noqa: E402
-from .train import Callback  # noqa: E402
+from .tasks import PLE, Head, MMoE, SharedBottom, Task  # noqa: E402
+from .train import (  # noqa: E402
+    Callback,  # noqa: E402
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    TensorBoardLogger,
+    Trainer,
+)
 
 __all__ = [
     "BertTextTower",

@@ -20,9 +20,11 @@ import recsys_mt as rm
 from recsys_mt.data.synthetic import make_funnel_data
 from recsys_mt.metrics import auc
 
-HEADS = {"mmoe": lambda: rm.MMoE(num_experts=4, expert_dims=(128, 64), tower_dims=(64,)),
-         "ple": lambda: rm.PLE(num_levels=2, expert_dims=(128, 64), tower_dims=(64,)),
-         "shared_bottom": lambda: rm.SharedBottom(bottom_dims=(128, 64), tower_dims=(64,))}
+HEADS = {
+    "mmoe": lambda: rm.MMoE(num_experts=4, expert_dims=(128, 64), tower_dims=(64,)),
+    "ple": lambda: rm.PLE(num_levels=2, expert_dims=(128, 64), tower_dims=(64,)),
+    "shared_bottom": lambda: rm.SharedBottom(bottom_dims=(128, 64), tower_dims=(64,)),
+}
 
 
 def build_schema() -> rm.Schema:
@@ -72,8 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--head", choices=sorted(HEADS), default="mmoe")
-    p.add_argument("--supervision", choices=["entire_space", "conditional"],
-                   default="entire_space")
+    p.add_argument("--supervision", choices=["entire_space", "conditional"], default="entire_space")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.add_argument("--save", default=None, help="directory to save the trained model to")
@@ -84,15 +85,19 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = make_funnel_data(n_users=args.users, n_items=args.items,
-                            n_impressions=args.impressions, seed=args.seed)
+    data = make_funnel_data(
+        n_users=args.users, n_items=args.items, n_impressions=args.impressions, seed=args.seed
+    )
     train_df, val_df, test_df = data.split((0.8, 0.1, 0.1), seed=args.seed)
     schema = build_schema()
     train = schema.fit_transform(train_df)
     val, test = schema.transform(val_df), schema.transform(test_df)
-    print(f"data: {len(train):,} train / {len(val):,} val / {len(test):,} test impressions; "
-          f"click rate {train_df.click.mean():.3f}, purchase | click "
-          f"{train_df.purchase.sum() / max(train_df.click.sum(), 1):.3f}", file=sys.stderr)
+    print(
+        f"data: {len(train):,} train / {len(val):,} val / {len(test):,} test impressions; "
+        f"click rate {train_df.click.mean():.3f}, purchase | click "
+        f"{train_df.purchase.sum() / max(train_df.click.sum(), 1):.3f}",
+        file=sys.stderr,
+    )
 
     torch.manual_seed(args.seed)
     model = rm.MultiTaskModel(
@@ -103,7 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
         balancer=rm.UncertaintyWeighting(),
     )
     trainer = rm.Trainer(
-        max_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        max_epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
         callbacks=[rm.EarlyStopping("val/loss", patience=1)],
         progress_bar=not args.no_progress,
     )
@@ -112,17 +120,23 @@ def main(argv: list[str] | None = None) -> dict:
     table = oracle_table(test_df, pred)
     seconds = round(time.perf_counter() - t0, 1)
 
-    print(f"\n{args.head} funnel, {args.supervision} supervision, "
-          f"{len(trainer.history)} epochs, {seconds} s")
+    print(
+        f"\n{args.head} funnel, {args.supervision} supervision, "
+        f"{len(trainer.history)} epochs, {seconds} s"
+    )
     print(f"{'task':<12}{'rows':>9}{'AUC':>9}{'oracle':>9}{'gap':>8}")
     for task, r in table.items():
-        print(f"{task:<12}{r['rows']:>9,}{r['auc']:>9.4f}{r['oracle_auc']:>9.4f}"
-              f"{r['oracle_auc'] - r['auc']:>8.4f}")
+        print(
+            f"{task:<12}{r['rows']:>9,}{r['auc']:>9.4f}{r['oracle_auc']:>9.4f}"
+            f"{r['oracle_auc'] - r['auc']:>8.4f}"
+        )
     if args.save:
         model.save_pretrained(args.save)
         print(f"saved to {args.save}")
-    result = {"tasks": {k: {"auc": v["auc"], "oracle_auc": v["oracle_auc"]}
-                        for k, v in table.items()}, "seconds": seconds}
+    result = {
+        "tasks": {k: {"auc": v["auc"], "oracle_auc": v["oracle_auc"]} for k, v in table.items()},
+        "seconds": seconds,
+    }
     if args.json:
         print(json.dumps(result))
     return result

@@ -91,7 +91,8 @@ class Dense(Feature):
         transform: ``"standard"`` (z-score with training mean / std), ``"log1p"`` (``log1p`` then
             z-score; values must be > -1), or ``"none"``.
         nan: policy for missing values: ``"error"`` (raise, naming the column), ``"mean"`` (fill
-            with the training mean, i.e. 0 after standardising) or ``"zero"`` (fill the raw value 0).
+            with the training mean, i.e. 0 after standardising) or ``"zero"`` (fill the raw
+            value 0).
         column: source column in the DataFrame.
     """
 

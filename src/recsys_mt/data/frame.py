@@ -51,8 +51,10 @@ class TensorFrame:
         return list(self.tensors)
 
     def __repr__(self) -> str:
-        cols = ", ".join(f"{k}: {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
-                         for k, v in self.tensors.items())
+        cols = ", ".join(
+            f"{k}: {tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+            for k, v in self.tensors.items()
+        )
         return f"TensorFrame(n={len(self)}, {cols})"
 
     @property

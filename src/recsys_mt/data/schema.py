@@ -228,9 +228,7 @@ class Schema:
             needed.append(self.group)
         missing = [c for c in needed if c not in df.columns]
         if missing:
-            raise SchemaError(
-                f"missing column(s) {missing}; the DataFrame has {list(df.columns)}"
-            )
+            raise SchemaError(f"missing column(s) {missing}; the DataFrame has {list(df.columns)}")
         label_cols = self._label_columns()
         present = [c for c in label_cols if c in df.columns]
         if labels is True or (labels == "auto" and present):
@@ -243,12 +241,12 @@ class Schema:
     def _dense_values(self, df: pd.DataFrame, f: Dense, stats: dict[str, float] | None):
         col = df[f.column]
         if not (pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)):
-            raise SchemaError(
-                f"dense column {f.column!r} has dtype {col.dtype}; expected numbers"
-            )
+            raise SchemaError(f"dense column {f.column!r} has dtype {col.dtype}; expected numbers")
         x = col.to_numpy(dtype=np.float64, na_value=np.nan)
         if np.isinf(x).any():
-            raise SchemaError(f"dense column {f.column!r} holds inf at row {int(np.isinf(x).argmax())}")
+            raise SchemaError(
+                f"dense column {f.column!r} holds inf at row {int(np.isinf(x).argmax())}"
+            )
         nan = np.isnan(x)
         if nan.any() and f.nan == "error":
             raise SchemaError(
@@ -275,8 +273,12 @@ class Schema:
         by_name = {t.name: i for i, t in enumerate(self.tasks)}
         for j, t in enumerate(self.tasks):
             col = df[t.label]
-            if not (pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)):
-                raise SchemaError(f"label column {t.label!r} (task {t.name!r}) has dtype {col.dtype}")
+            if not (
+                pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)
+            ):
+                raise SchemaError(
+                    f"label column {t.label!r} (task {t.name!r}) has dtype {col.dtype}"
+                )
             y = col.to_numpy(dtype=np.float64, na_value=np.nan)
             if np.isinf(y).any():
                 raise SchemaError(f"label column {t.label!r} holds inf")
@@ -335,7 +337,9 @@ class Schema:
             if f.vocab_from is not None:
                 self._check_seq_kind(f, flat, vocabs[f.vocab_from].kind)
                 continue
-            kind = _id_kind(pd.Series(flat), f"sequence column {f.column!r}") if flat.size else "int"
+            kind = (
+                _id_kind(pd.Series(flat), f"sequence column {f.column!r}") if flat.size else "int"
+            )
             flat_c, missing = _canonical(pd.Series(flat), kind)
             vocabs[f.name] = _Vocab(kind, _build_vocab(flat_c[~missing], f))
         stats = {}

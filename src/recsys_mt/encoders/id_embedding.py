@@ -81,7 +81,9 @@ class IDEmbedding(Encoder):
         super().__init__()
         bad = [p for p in sequence_pooling if p not in POOLINGS]
         if bad or not sequence_pooling:
-            raise ValueError(f"sequence_pooling must be a non-empty subset of {POOLINGS}, got {bad}")
+            raise ValueError(
+                f"sequence_pooling must be a non-empty subset of {POOLINGS}, got {bad}"
+            )
         self.features = list(features) if features is not None else None
         self.sequence_pooling = tuple(sequence_pooling)
         self.init_std = init_std
@@ -172,9 +174,9 @@ class IDEmbedding(Encoder):
         for d in self.group_dims:
             cols, offs = getattr(self, f"cols_{d}"), getattr(self, f"offsets_{d}")
             requests[d].append(sparse.index_select(1, cols) + offs)  # [B, n_d]
-        for n, dim, off, tcol, _toff, modes in self._seq:
+        for n, dim, off, _tcol, _toff, _modes in self._seq:
             requests[dim].append(batch[f"seq/{n}"] + off)  # [B, L]
-        for n, dim, _off, tcol, toff, modes in self._seq:
+        for _n, dim, _off, tcol, toff, modes in self._seq:
             if "attention" in modes:
                 requests[dim].append(sparse[:, tcol : tcol + 1] + toff)  # [B, 1]
         looked: dict[int, list[Tensor]] = {}
@@ -188,7 +190,7 @@ class IDEmbedding(Encoder):
         for d in self.group_dims:
             fields[d].append(looked[d].pop(0))  # [B, n_d, d]
         seq_emb = [looked[dim].pop(0) for _, dim, *_ in self._seq]
-        for (n, dim, _off, tcol, _toff, modes), h in zip(self._seq, seq_emb):
+        for (n, dim, _off, _tcol, _toff, modes), h in zip(self._seq, seq_emb):
             mask = batch[f"seq/{n}"] != 0  # [B, L]
             for m in modes:
                 if m == "mean":
@@ -220,8 +222,14 @@ class IDEmbedding(Encoder):
 
     def param_groups(self, sparse: bool) -> list[dict[str, Any]]:
         self.sparse_grad = bool(sparse)
-        return [{"params": list(self.tables), "sparse": bool(sparse), "weight_decay": 0.0,
-                 "lr_scale": self.lr_scale}]
+        return [
+            {
+                "params": list(self.tables),
+                "sparse": bool(sparse),
+                "weight_decay": 0.0,
+                "lr_scale": self.lr_scale,
+            }
+        ]
 
     def to_config(self) -> dict[str, Any]:
         return {

@@ -45,8 +45,9 @@ class _RowSparseLookup(torch.autograd.Function):
         d = grad.shape[-1]
         rows = torch.zeros(uniq.numel(), d, dtype=grad.dtype, device=grad.device)
         rows.index_add_(0, inv.reshape(-1), grad.reshape(-1, d))
-        g = torch.sparse_coo_tensor(uniq.unsqueeze(0), rows, ctx.weight_shape,
-                                    is_coalesced=True, check_invariants=False)
+        g = torch.sparse_coo_tensor(
+            uniq.unsqueeze(0), rows, ctx.weight_shape, is_coalesced=True, check_invariants=False
+        )
         return g, None
 
 

@@ -54,7 +54,9 @@ class StaticWeights(Balancer):
         super().build(tasks)
         unknown = sorted(set(self.given) - set(self.task_names))
         if unknown:
-            raise ValueError(f"StaticWeights names unknown task(s) {unknown}; tasks: {self.task_names}")
+            raise ValueError(
+                f"StaticWeights names unknown task(s) {unknown}; tasks: {self.task_names}"
+            )
         self.w = {t.name: float(self.given.get(t.name, t.weight)) for t in tasks}
 
     def forward(self, losses: dict[str, Tensor]) -> Tensor:

@@ -29,8 +29,9 @@ SUPERVISIONS = ("entire_space", "conditional")
 def log1mexp(a: Tensor) -> Tensor:
     """``log(1 - exp(a))`` for ``a <= 0``, accurate over the whole range (Mächler 2012)."""
     a = a.clamp(max=-1e-12)
-    return torch.where(a > -0.6931471805599453, torch.log(-torch.expm1(a)),
-                       torch.log1p(-torch.exp(a)))
+    return torch.where(
+        a > -0.6931471805599453, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a))
+    )
 
 
 def chain_log_probs(logits: Tensor, parents: list[int | None]) -> Tensor:

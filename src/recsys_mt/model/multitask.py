@@ -81,7 +81,9 @@ class MultiTaskModel(nn.Module):
             if schema.dense:
                 encoders.append(DenseEncoder())
         if not encoders:
-            raise ValueError("no encoders: pass encoders=[...] (the schema has no id/dense features)")
+            raise ValueError(
+                "no encoders: pass encoders=[...] (the schema has no id/dense features)"
+            )
         self.encoders = nn.ModuleList(encoders)
         for enc in self.encoders:
             enc.build(schema)
@@ -118,8 +120,9 @@ class MultiTaskModel(nn.Module):
         Regression columns carry the raw prediction in both.
         """
         logits = logits.float()
-        cond = torch.where(torch.tensor(self.binary, device=logits.device), torch.sigmoid(logits),
-                           logits)
+        cond = torch.where(
+            torch.tensor(self.binary, device=logits.device), torch.sigmoid(logits), logits
+        )
         joint = chain_log_probs(logits, self.parents).exp()
         joint = torch.where(torch.tensor(self.binary, device=logits.device), joint, logits)
         return cond, joint
@@ -188,8 +191,10 @@ class MultiTaskModel(nn.Module):
         self.eval()
         device = self.device
         try:
-            out = [self({k: v.to(device, non_blocking=True) for k, v in b.items()}).float().cpu()
-                   for b in frame.batches(batch_size)]
+            out = [
+                self({k: v.to(device, non_blocking=True) for k, v in b.items()}).float().cpu()
+                for b in frame.batches(batch_size)
+            ]
         finally:
             self.train(was_training)
         return torch.cat(out)
@@ -229,8 +234,14 @@ class MultiTaskModel(nn.Module):
         if "labels" not in frame:
             raise ValueError("evaluate needs labels: the frame was transformed without them")
         cond, joint = self.probabilities(self.predict_logits(frame, batch_size))
-        return evaluate_funnel(self.tasks, self.parents, cond, joint, frame["labels"],
-                               frame["group"] if "group" in frame else None)
+        return evaluate_funnel(
+            self.tasks,
+            self.parents,
+            cond,
+            joint,
+            frame["labels"],
+            frame["group"] if "group" in frame else None,
+        )
 
     def validation_metrics(self, frame: TensorFrame, batch_size: int) -> dict[str, float]:
         """Trainer protocol: ``{"loss", "<task>_auc", "<task>_logloss", "<joint>_auc", …}``.
@@ -247,8 +258,14 @@ class MultiTaskModel(nn.Module):
         out = {"loss": total}
         out.update({f"loss_{k}": float(v) for k, v in per.items()})
         cond, joint = self.probabilities(logits)
-        table = evaluate_funnel(self.tasks, self.parents, cond, joint, labels,
-                                frame["group"] if "group" in frame else None)
+        table = evaluate_funnel(
+            self.tasks,
+            self.parents,
+            cond,
+            joint,
+            labels,
+            frame["group"] if "group" in frame else None,
+        )
         for row in table.itertuples(index=False):
             out[f"{row.task}_{row.metric}"] = float(row.value)
         return out
@@ -287,8 +304,11 @@ class MultiTaskModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         config = self.config()
         excluded = tuple(self._excluded_keys())
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
-                 if not (excluded and k.startswith(excluded))}
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in self.state_dict().items()
+            if not (excluded and k.startswith(excluded))
+        }
         for enc in self.encoders:
             fn = getattr(enc, "save_extra", None)
             if fn is not None:
@@ -342,10 +362,15 @@ class MultiTaskModel(nn.Module):
         state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
         expected = model.state_dict()
         excluded = tuple(model._excluded_keys())
-        missing = [k for k in expected if k not in state and not (excluded and k.startswith(excluded))]
+        missing = [
+            k for k in expected if k not in state and not (excluded and k.startswith(excluded))
+        ]
         unexpected = [k for k in state if k not in expected]
-        wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                 for k in state if k in expected and state[k].shape != expected[k].shape]
+        wrong = [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in state
+            if k in expected and state[k].shape != expected[k].shape
+        ]
         if missing or unexpected or wrong:
             raise CheckpointError(
                 f"weights in {directory / WEIGHTS_NAME} do not match the architecture: "
@@ -378,7 +403,7 @@ def evaluate_funnel(
     labels: Tensor,
     groups: Tensor | None = None,
 ) -> pd.DataFrame:
-    """Tidy funnel metrics (see :meth:`MultiTaskModel.evaluate`). All inputs ``[N, T]`` / ``[N]``."""
+    """Tidy funnel metrics (see :meth:`MultiTaskModel.evaluate`); inputs ``[N, T]`` / ``[N]``."""
     from .. import metrics as M
 
     def safe(fn, *args) -> float:
@@ -407,7 +432,9 @@ def evaluate_funnel(
         if g is not None:
             rows.append((t.name, "gauc", safe(M.gauc, ys, ps, g[sel]) if n else float("nan"), n))
         rows.append((t.name, "logloss", safe(M.logloss, ys, ps) if n else float("nan"), n))
-        rows.append((t.name, "calibration", safe(M.calibration_ratio, ys, ps) if n else float("nan"), n))
+        rows.append(
+            (t.name, "calibration", safe(M.calibration_ratio, ys, ps) if n else float("nan"), n)
+        )
         if par is not None:
             rows.append((t.joint, "auc", safe(M.auc, joint_y[:, j], q[:, j]), len(y)))
             rows.append((t.joint, "logloss", safe(M.logloss, joint_y[:, j], q[:, j]), len(y)))

@@ -64,7 +64,8 @@ class Recommender:
         self._pos = pd.Index(self.catalog[item_key])
         self._categories = (
             torch.from_numpy(pd.factorize(self.catalog[category])[0].astype(np.int64))
-            if category is not None else None
+            if category is not None
+            else None
         )
         self._vectors = self._item_vectors(item_vectors)
 
@@ -73,17 +74,23 @@ class Recommender:
             return None
         if isinstance(item_vectors, str):
             if item_vectors != "auto":
-                raise ValueError(f"item_vectors must be 'auto', None or an array, got {item_vectors!r}")
+                raise ValueError(
+                    f"item_vectors must be 'auto', None or an array, got {item_vectors!r}"
+                )
             cat = self.catalog[[self.item_key]].copy()
             enc = next((e for e in self.model.encoders if hasattr(e, "embedding_of")), None)
             if enc is None:
                 return None
             frame_ids = self._encode_ids(cat[self.item_key])
             with torch.inference_mode():
-                return enc.embedding_of(self.item_key, frame_ids.to(self.model.device)).float().cpu()
+                return (
+                    enc.embedding_of(self.item_key, frame_ids.to(self.model.device)).float().cpu()
+                )
         v = torch.as_tensor(np.asarray(item_vectors), dtype=torch.float32)
         if v.dim() != 2 or v.shape[0] != len(self.catalog):
-            raise ValueError(f"item_vectors must be [M={len(self.catalog)}, d], got {tuple(v.shape)}")
+            raise ValueError(
+                f"item_vectors must be [M={len(self.catalog)}, d], got {tuple(v.shape)}"
+            )
         return v
 
     def _encode_ids(self, values: pd.Series) -> Tensor:
@@ -100,7 +107,8 @@ class Recommender:
             pos = torch.arange(len(self.catalog)).expand(n_users, -1)
             return pos, torch.ones_like(pos, dtype=torch.bool)
         if isinstance(candidates, (pd.Series, np.ndarray)) or (
-            isinstance(candidates, Sequence) and candidates
+            isinstance(candidates, Sequence)
+            and candidates
             and not isinstance(candidates[0], (list, tuple, np.ndarray, pd.Series))
         ):
             shared = self._lookup(list(candidates))
@@ -133,8 +141,13 @@ class Recommender:
         rows_u, rows_c = torch.nonzero(mask, as_tuple=True)
         user_part = users.iloc[rows_u.numpy()].reset_index(drop=True)
         item_part = self.catalog.iloc[positions[rows_u, rows_c].numpy()].reset_index(drop=True)
-        pairs = pd.concat([user_part.drop(columns=[c for c in item_part.columns
-                                                   if c in user_part.columns]), item_part], axis=1)
+        pairs = pd.concat(
+            [
+                user_part.drop(columns=[c for c in item_part.columns if c in user_part.columns]),
+                item_part,
+            ],
+            axis=1,
+        )
         frame = self.schema.transform(pairs, labels=False)
         pred = self.model.predict(frame, batch_size=self.batch_size)
         out = {}
@@ -181,8 +194,10 @@ class Recommender:
         positions, mask = self._candidate_positions(candidates, len(users))
         objectives = self.score(users, positions, mask)
         for col in self.catalog.columns:
-            if col not in objectives and pd.api.types.is_numeric_dtype(self.catalog[col]) and (
-                col != self.item_key
+            if (
+                col not in objectives
+                and pd.api.types.is_numeric_dtype(self.catalog[col])
+                and (col != self.item_key)
             ):
                 values = torch.as_tensor(self.catalog[col].to_numpy(np.float32))
                 objectives[col] = values[positions]

@@ -6,7 +6,7 @@ protocol (subclass :class:`Head`)::
     class MyHead(rm.Head):
         def build(self, in_dim: int, num_tasks: int) -> None: ...   # create parameters
         def forward(self, x: Tensor) -> Tensor: ...                 # [B, in_dim] -> [B, num_tasks]
-        def to_config(self) -> dict: ...                            # constructor kwargs (for saving)
+        def to_config(self) -> dict: ...                            # constructor kwargs
 
 Register it with ``@rm.register("head", "my_head")`` to save and load models that use it.
 
@@ -127,8 +127,9 @@ class SharedBottom(Head):
 
     def build(self, in_dim: int, num_tasks: int) -> None:
         self.bottom = GroupedMLP(1, in_dim, self.bottom_dims, self.activation, self.dropout)
-        self.towers = _Towers(num_tasks, self.bottom.out_dim, self.tower_dims, self.activation,
-                              self.dropout)
+        self.towers = _Towers(
+            num_tasks, self.bottom.out_dim, self.tower_dims, self.activation, self.dropout
+        )
         self.num_tasks = num_tasks
 
     def forward(self, x: Tensor) -> Tensor:
@@ -136,8 +137,12 @@ class SharedBottom(Head):
         return self.towers(h)
 
     def to_config(self) -> dict[str, Any]:
-        return {"bottom_dims": list(self.bottom_dims), "tower_dims": list(self.tower_dims),
-                "activation": self.activation, "dropout": self.dropout}
+        return {
+            "bottom_dims": list(self.bottom_dims),
+            "tower_dims": list(self.tower_dims),
+            "activation": self.activation,
+            "dropout": self.dropout,
+        }
 
 
 @register("head", "mmoe")
@@ -178,8 +183,9 @@ class MMoE(Head):
         nn.init.uniform_(self.gate.weight, -bound, bound)
         nn.init.zeros_(self.gate.bias)  # gates start near uniform
         self.rest = GroupedMLP(e, h1, self.expert_dims[1:], self.activation, self.dropout)
-        self.towers = _Towers(num_tasks, self.rest.out_dim, self.tower_dims, self.activation,
-                              self.dropout)
+        self.towers = _Towers(
+            num_tasks, self.rest.out_dim, self.tower_dims, self.activation, self.dropout
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         e, h1, t = self.num_experts, self.expert_dims[0], self.num_tasks
@@ -194,9 +200,13 @@ class MMoE(Head):
         return self.towers(mixed)
 
     def to_config(self) -> dict[str, Any]:
-        return {"num_experts": self.num_experts, "expert_dims": list(self.expert_dims),
-                "tower_dims": list(self.tower_dims), "activation": self.activation,
-                "dropout": self.dropout}
+        return {
+            "num_experts": self.num_experts,
+            "expert_dims": list(self.expert_dims),
+            "tower_dims": list(self.tower_dims),
+            "activation": self.activation,
+            "dropout": self.dropout,
+        }
 
 
 @register("head", "ple")
@@ -244,15 +254,17 @@ class PLE(Head):
         allowed.append(list(range(n_exp)))
         self._allowed = allowed
         for g, idx in enumerate(allowed):
-            self.register_buffer(f"allowed_{g}", torch.tensor(idx, dtype=torch.long),
-                                 persistent=False)
+            self.register_buffer(
+                f"allowed_{g}", torch.tensor(idx, dtype=torch.long), persistent=False
+            )
         self.experts = nn.ModuleList()
         self.gates = nn.ModuleList()
         d = in_dim
         for level in range(self.num_levels):
             last = level == self.num_levels - 1
-            self.experts.append(GroupedMLP(n_exp, d, self.expert_dims, self.activation,
-                                           self.dropout))
+            self.experts.append(
+                GroupedMLP(n_exp, d, self.expert_dims, self.activation, self.dropout)
+            )
             n_gates = t if last else t + 1
             gate = nn.ModuleList([nn.Linear(d, len(allowed[g])) for g in range(n_gates)])
             for lin in gate:
@@ -264,7 +276,7 @@ class PLE(Head):
     def forward(self, x: Tensor) -> Tensor:
         t = self.num_tasks
         streams: Tensor | None = None  # [T + 1, B, d]
-        for level, (experts, gates) in enumerate(zip(self.experts, self.gates)):
+        for experts, gates in zip(self.experts, self.gates):
             if streams is None:
                 out = experts(x)  # shared input, [E, B, H]
                 inputs = [x] * len(gates)
@@ -280,7 +292,12 @@ class PLE(Head):
         return self.towers(streams[:t])
 
     def to_config(self) -> dict[str, Any]:
-        return {"num_levels": self.num_levels, "num_shared_experts": self.num_shared_experts,
-                "num_task_experts": self.num_task_experts, "expert_dims": list(self.expert_dims),
-                "tower_dims": list(self.tower_dims), "activation": self.activation,
-                "dropout": self.dropout}
+        return {
+            "num_levels": self.num_levels,
+            "num_shared_experts": self.num_shared_experts,
+            "num_task_experts": self.num_task_experts,
+            "expert_dims": list(self.expert_dims),
+            "tower_dims": list(self.tower_dims),
+            "activation": self.activation,
+            "dropout": self.dropout,
+        }

@@ -38,7 +38,9 @@ class Task:
         if self.label is None:
             self.label = self.name
         if self.loss not in LOSSES:
-            raise ValueError(f"Task({self.name!r}): loss must be one of {LOSSES}, got {self.loss!r}")
+            raise ValueError(
+                f"Task({self.name!r}): loss must be one of {LOSSES}, got {self.loss!r}"
+            )
         if self.given == self.name:
             raise ValueError(f"Task({self.name!r}) cannot be given itself")
         if self.weight < 0:

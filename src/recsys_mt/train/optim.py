@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
 from .sparse_optim import RowSparseAdam, row_grad
 
 __all__ = [
@@ -225,8 +226,7 @@ def build_optimizer(
         if name in ("adam", "adamw") and "fused" not in kwargs and "foreach" not in kwargs:
             # the fused kernel does Adam's element-wise passes in one sweep (CPU and CUDA)
             params = [p for g in dense for p in g["params"]]
-            if all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
-                   for p in params):
+            if all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params):
                 kwargs["fused"] = True
         opts.append(cls([_clean(g) for g in dense], lr=lr, **kwargs))
     if sparse:
@@ -328,8 +328,9 @@ def _grads(parameters: Iterable[Tensor] | Tensor) -> list[Tensor]:
         if p.grad.is_sparse and not p.grad.is_coalesced():
             # Duplicate indices would be counted separately in the norm of the raw values.
             rows, values = row_grad(p.grad)
-            p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.grad.shape,
-                                             is_coalesced=True)
+            p.grad = torch.sparse_coo_tensor(
+                rows.unsqueeze(0), values, p.grad.shape, is_coalesced=True
+            )
         out.append(p)
     return out
 

@@ -55,7 +55,8 @@ Dense optimisers such as AdamW update *every* embedding row every step (moments 
 for rows with zero gradient), which is slow for tables with millions of rows and changes rows
 not seen in the batch. With ``sparse_embeddings`` on (``"auto"``: on for a single process on
 CPU / CUDA), groups the model flags as sparse get sparse gradients and
-:class:`~recsys_mt.train.sparse_optim.RowSparseAdam` (lazy Adam: only the rows in the batch are touched), the rest
+:class:`~recsys_mt.train.sparse_optim.RowSparseAdam` (lazy Adam: only the rows in the batch
+are touched), the rest
 AdamW; :class:`~recsys_mt.train.optim.CombinedOptimizer` joins them.
 
 Distributed (``torchrun``)
