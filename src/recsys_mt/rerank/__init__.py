@@ -13,6 +13,7 @@ from .base import (
     RerankInputs,
     gather_selected,
     normalize_relevance,
+    release_workspace,
     relevance_order,
 )
 from .coverage import CategoryCoverage, category_distribution
@@ -36,6 +37,7 @@ __all__ = [
     "gather_selected",
     "normalize_relevance",
     "relevance_order",
+    "release_workspace",
     "category_distribution",
     "dpp_tolerance",
     "Fusion",

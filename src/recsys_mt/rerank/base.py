@@ -23,7 +23,10 @@ Conventions used by every re-ranker in :mod:`recsys_mt.rerank`:
 from __future__ import annotations
 
 import abc
+import math
+import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -36,6 +39,7 @@ __all__ = [
     "normalize_relevance",
     "relevance_order",
     "gather_selected",
+    "release_workspace",
 ]
 
 #: Index used for padded output slots (rows that run out of valid candidates).
@@ -144,12 +148,8 @@ class RerankInputs:
     categories: Tensor | None = None
     user_category_pref: Tensor | None = None
 
-    def unit_vectors(self) -> tuple[Tensor, Tensor]:
-        """L2-normalised item vectors, transposed: ``(VT [B, d, N] contiguous, nonzero [B, N])``.
-
-        ``VT[b, :, i]`` is the unit vector of candidate ``i`` (zero for a zero vector, in which
-        case ``nonzero[b, i]`` is False).  The transposed layout makes the per-step similarity
-        ``v_j^T V`` a ``[1, d] x [d, N]`` product per user, the fastest form of ``torch.bmm``.
+    def unit_vectors(self) -> UnitVectors:
+        """L2-normalised item vectors (see :class:`UnitVectors`).
 
         Raises:
             ValueError: when neither ``item_vectors`` nor ``item_ids`` + ``catalog`` was given.
@@ -162,18 +162,43 @@ class RerankInputs:
         else:
             raise ValueError("this re-ranker needs item_vectors [B, N, d] or item_ids + catalog")
         dtype = self.scores.dtype
-        norm = torch.linalg.vector_norm(vecs, dim=-1, dtype=dtype)  # [B, N]
+        vecs = vecs.to(dtype)
+        norm = torch.linalg.vector_norm(vecs, dim=-1)  # [B, N]
         nonzero = norm > 0
         inv = torch.where(nonzero, 1.0 / torch.where(nonzero, norm, 1.0), 0.0)
         bsz, n, d = vecs.shape
-        unit_t = torch.empty(bsz, d, n, dtype=dtype, device=vecs.device)
-        torch.mul(vecs.transpose(1, 2), inv.unsqueeze(1), out=unit_t)  # one pass: scale+transpose
-        return unit_t, nonzero
+        unit_t = _workspace((bsz, d, n), dtype, vecs.device)
+        unit_t.copy_(vecs.transpose(1, 2))  # copy_ has a fast (blocked) transpose path
+        unit_t.mul_(inv.unsqueeze(1))
+        return UnitVectors(unit_t, nonzero, vecs, inv)
+
+    def valid_counts(self, k: int) -> tuple[Tensor, int]:
+        """``(n_valid [B], steps)``: valid candidates per row and ``min(k, max_b n_valid)``."""
+        n_valid = self.valid.sum(dim=1)
+        steps = min(k, int(n_valid.max())) if n_valid.numel() else 0
+        return n_valid, steps
 
 
-def _rows_of(unit_t: Tensor, rows: Tensor, index: Tensor) -> Tensor:
-    """Unit vectors of one candidate per row: ``[B, 1, d]`` from ``VT [B, d, N]``."""
-    return unit_t[rows, :, index].unsqueeze(1)
+class UnitVectors(NamedTuple):
+    """Cosine-similarity view of the item vectors of a batch.
+
+    Attributes:
+        t: ``[B, d, N]`` contiguous, ``t[b, :, i]`` = unit vector of candidate ``i`` (zero for a
+            zero vector).  The transposed layout makes the per-step similarity row ``v_j^T V`` a
+            ``[1, d] x [d, N]`` product per user, the fastest form of ``torch.bmm``.
+        nonzero: ``[B, N]`` bool, False for zero vectors.
+        raw: ``[B, N, d]`` the input vectors (for cheap contiguous row gathers).
+        inv_norm: ``[B, N]`` reciprocal norms (0 for zero vectors).
+    """
+
+    t: Tensor
+    nonzero: Tensor
+    raw: Tensor
+    inv_norm: Tensor
+
+    def rows(self, rows: Tensor, index: Tensor) -> Tensor:
+        """Unit vectors of candidate ``index[b]`` of every row ``b``: ``[B, 1, d]``."""
+        return (self.raw[rows, index] * self.inv_norm[rows, index].unsqueeze(1)).unsqueeze(1)
 
 
 class Reranker(abc.ABC):
@@ -257,7 +282,7 @@ class Reranker(abc.ABC):
             t = torch.as_tensor(t, device=device)
             if squeeze:
                 t = t.unsqueeze(0)
-            if t.dim() != 2 + tail or (tail >= 0 and tuple(t.shape[:2]) != tuple(raw.shape)):
+            if t.dim() != 2 + tail or tuple(t.shape[:2]) != tuple(raw.shape):
                 want = "[B, N" + ", d" * tail + "]"
                 raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
             return t
@@ -301,7 +326,8 @@ class Reranker(abc.ABC):
         if k == 0:
             out = torch.empty(raw.shape[0], 0, dtype=torch.long, device=device)
         else:
-            out = self._rerank(inputs, k)
+            with torch.no_grad():
+                out = self._rerank(inputs, k)
         slot_valid = out >= 0
         if squeeze:
             return out.squeeze(0), slot_valid.squeeze(0)
@@ -344,6 +370,41 @@ def _check_k(k: int, n: int) -> int:
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     return min(k, n)
+
+
+_LOCAL = threading.local()
+
+
+def _workspace(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Uninitialised scratch tensor for the ``[B, d, N]`` unit vectors, reused on CPU per thread.
+
+    Fresh multi-megabyte CPU allocations are page-faulted in on first touch, which costs about as
+    much as a pass over the data; keeping the thread's largest workspace avoids that on repeated
+    calls (it is released by :func:`release_workspace`).  CUDA uses PyTorch's caching allocator.
+    """
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    numel = math.prod(shape)
+    buf = getattr(_LOCAL, "buffer", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype)
+        _LOCAL.buffer = buf
+    return buf[:numel].view(shape)
+
+
+def release_workspace() -> None:
+    """Free the calling thread's cached re-ranking workspace.
+
+    On CPU the re-rankers keep the ``[B, d, N]`` normalised-vector scratch buffer of the last
+    (largest) call alive per thread so that repeated calls do not pay for fresh page faults.
+    """
+    _LOCAL.buffer = None
+
+
+def _pad_rows(out: Tensor, n_valid: Tensor) -> Tensor:
+    """Set slots ``t >= n_valid[b]`` of ``out [B, k]`` to ``PAD`` (in place) and return it."""
+    slots = torch.arange(out.shape[1], device=out.device).unsqueeze(0)
+    return out.masked_fill_(slots >= n_valid.unsqueeze(1), PAD)
 
 
 def _relevance_fill(masked_scores: Tensor, k: int) -> Tensor:

@@ -86,8 +86,9 @@ class _Columns(Mapping):
     def wrap(self, values: Any) -> Tensor | pd.Series:
         """Return ``values`` as the output kind matching the input kind."""
         if self.frame is not None:
-            return pd.Series(np.asarray(values, dtype=np.float64), index=self.frame.index,
-                             name="score")
+            return pd.Series(
+                np.asarray(values, dtype=np.float64), index=self.frame.index, name="score"
+            )
         return values
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import PAD, Reranker, RerankInputs, _relevance_fill, _rows_of
+from .base import PAD, Reranker, RerankInputs, _pad_rows, _relevance_fill
 
 __all__ = ["MMR"]
 
@@ -47,32 +47,33 @@ class MMR(Reranker):
         if self.lambda_ == 1.0:
             return _relevance_fill(inputs.scores, k)
         lam = self.lambda_
-        unit_t, _ = inputs.unit_vectors()
+        units = inputs.unit_vectors()
         bsz, n = inputs.rel.shape
         device, dtype = inputs.rel.device, inputs.rel.dtype
         rows = torch.arange(bsz, device=device)
+        n_valid, steps = inputs.valid_counts(k)
 
         weighted_rel = inputs.rel * lam
         # Running max similarity to the selected set; +inf marks candidates that may not be
         # chosen (invalid / already selected): lam*rel - (1-lam)*inf = -inf since lam < 1.
+        # Each step picks a valid candidate while the row has any left (slot t < n_valid[b]);
+        # later slots are overwritten with PAD at the end.
         max_sim = torch.zeros(bsz, n, dtype=dtype, device=device)
         max_sim.masked_fill_(~inputs.valid, torch.inf)
         score = torch.empty_like(max_sim)
         sim = torch.empty(bsz, 1, n, dtype=dtype, device=device)
         out = torch.full((bsz, k), PAD, dtype=torch.long, device=device)
 
-        for t in range(k):
+        for t in range(steps):
             torch.add(weighted_rel, max_sim, alpha=-(1.0 - lam), out=score)
             best = score.argmax(dim=1)  # first maximum -> lowest index on ties
-            ok = score[rows, best] > -torch.inf
-            if not bool(ok.any()):
+            out[:, t] = best
+            if t + 1 == steps:
                 break
-            out[:, t] = torch.where(ok, best, PAD)
             max_sim[rows, best] = torch.inf
-            if t + 1 < k:
-                torch.bmm(_rows_of(unit_t, rows, best), unit_t, out=sim)
-                if t == 0:  # first member of S: the max is its similarity (may be negative)
-                    max_sim = torch.where(max_sim == torch.inf, max_sim, sim.squeeze(1))
-                else:
-                    torch.maximum(max_sim, sim.squeeze(1), out=max_sim)
-        return out
+            torch.bmm(units.rows(rows, best), units.t, out=sim)
+            if t == 0:  # first member of S: the max is its similarity (may be negative)
+                max_sim = torch.where(max_sim == torch.inf, max_sim, sim.squeeze(1))
+            else:
+                torch.maximum(max_sim, sim.squeeze(1), out=max_sim)
+        return _pad_rows(out, n_valid)

@@ -158,7 +158,7 @@ def xquad_reference(
     pref: np.ndarray | None = None,
     normalize: str | None = "minmax",
 ) -> np.ndarray:
-    """xQuAD with hard membership: ``(1-l) rel(i) + l * p(c_i) * prod_{j in S}(1 - gamma [c_j = c_i])``.
+    """xQuAD, hard membership: ``(1-l) rel(i) + l p(c_i) prod_{j in S} (1 - gamma [c_j = c_i])``.
 
     ``pref`` defaults to the relevance-weighted category distribution of the valid candidates;
     negative categories earn no coverage.
@@ -248,7 +248,7 @@ def dpp_logdet(
     mask: np.ndarray | None = None,
     normalize: str | None = "minmax",
 ) -> float:
-    """``log det L_Y`` of the DPP kernel ``L = diag(r) S diag(r)`` on ``subset`` (``-1`` ignored)."""
+    """``log det L_Y`` of the kernel ``L = diag(r) S diag(r)`` on ``subset`` (``-1`` ignored)."""
     scores = np.asarray(scores, dtype=np.float64)
     valid = _valid(scores, mask)
     rel = normalize_reference(scores, valid, normalize)
