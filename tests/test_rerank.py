@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from recsys_mt.rerank import (
@@ -142,8 +142,9 @@ def test_mmr_matches_reference(params, lambda_):
         assert np.array_equal(out, expected)
 
 
-@SETTINGS
+@settings(max_examples=80, deadline=None, derandomize=True)
 @given(dims, st.sampled_from([0.0, 0.5, 0.9]), st.sampled_from([None, 1, 2, 4]))
+@example((0, 1, 7, 3, 5, 0.0), 0.0, 4)  # window not yet full (w - 1 > picks so far)
 def test_dpp_matches_reference(params, theta, window):
     seed, b, n, k, d, pad = params
     scores, vectors, _, mask = make_batch(seed, b, n, d, pad)

@@ -319,8 +319,9 @@ def dpp_reference(
                 log_gain = np.log(np.where(resid > tol, resid, 1.0))
                 eligible = resid > tol
             else:
-                w = dpp_items if window is None else dpp_items[len(dpp_items) - (window - 1) :]
-                w = w if window != 1 else []
+                w = dpp_items
+                if window is not None:  # the last window - 1 DPP picks
+                    w = dpp_items[max(0, len(dpp_items) - (window - 1)) :] if window > 1 else []
                 base = np.linalg.slogdet(sim[np.ix_(w, w)])[1] if w else 0.0
                 sub = np.array([[*w, i] for i in cand])
                 sign, logdet = np.linalg.slogdet(sim[sub[:, :, None], sub[:, None, :]])
