@@ -549,11 +549,13 @@ def test_callable_fusion_and_config_roundtrip():
         fused,
     ]:
         config = json.loads(json.dumps(fusion.to_config()))
-        back = Fusion.from_config(config)
+        back = Fusion.from_config(config, functions={fused.fn.__qualname__: fused.fn})
         assert type(back) is type(fusion)
         np.testing.assert_allclose(back(df).to_numpy(), fusion(df).to_numpy())
     with pytest.raises(ValueError):
         Fusion.from_config({"type": "nope"})
+    with pytest.raises(ValueError, match="never import code"):
+        Fusion.from_config(fused.to_config())
     with pytest.raises(ValueError):
         WeightedSum()
     with pytest.raises(ValueError):

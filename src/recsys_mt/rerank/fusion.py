@@ -15,7 +15,6 @@ serialise to JSON-able dicts with :meth:`Fusion.to_config` and back with
 from __future__ import annotations
 
 import abc
-import importlib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -120,12 +119,21 @@ class Fusion(abc.ABC):
         """JSON-able description, inverse of :meth:`from_config`."""
 
     @staticmethod
-    def from_config(config: Mapping[str, Any]) -> Fusion:
-        """Rebuild any fusion from :meth:`to_config` output (dispatches on ``config["type"]``)."""
+    def from_config(
+        config: Mapping[str, Any], functions: Mapping[str, Callable] | None = None
+    ) -> Fusion:
+        """Rebuild any fusion from :meth:`to_config` output (dispatches on ``config["type"]``).
+
+        A config never imports code: a ``CallableFusion`` is rebuilt only from ``functions``,
+        a mapping from the stored name (``"module:qualname"`` or the bare ``qualname``) to the
+        function, which the caller supplies.
+        """
         kind = config.get("type")
         classes = {c.kind: c for c in (WeightedSum, WeightedProduct, CallableFusion)}
         if kind not in classes:
             raise ValueError(f"unknown fusion type {kind!r}; expected one of {sorted(classes)}")
+        if kind == CallableFusion.kind:
+            return CallableFusion._from_config(config, functions or {})
         return classes[kind]._from_config(config)
 
 
@@ -217,8 +225,9 @@ class CallableFusion(Fusion):
     ``fn`` receives a read-only mapping of the objectives (``fn(s)["ctr"]`` is a ``Tensor`` for
     tensor input, a float64 ``numpy`` array for DataFrame input; a missing name raises the
     package's descriptive ``KeyError``).  The result is converted to the output kind matching the
-    input and must have the inputs' shape.  ``to_config`` stores the import path
-    ``"module:qualname"`` and therefore only works for module-level functions.
+    input and must have the inputs' shape.  ``to_config`` stores the name
+    ``"module:qualname"`` (module-level functions only); ``Fusion.from_config`` resolves it
+    from a ``functions`` mapping the caller passes, never by importing.
     """
 
     kind = "callable"
@@ -256,9 +265,16 @@ class CallableFusion(Fusion):
         return {"type": self.kind, "fn": f"{module}:{qualname}"}
 
     @classmethod
-    def _from_config(cls, config: Mapping[str, Any]) -> CallableFusion:
-        module_name, _, qualname = str(config["fn"]).partition(":")
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return cls(obj)
+    def _from_config(
+        cls, config: Mapping[str, Any], functions: Mapping[str, Callable]
+    ) -> CallableFusion:
+        name = str(config["fn"])
+        qualname = name.partition(":")[2]
+        fn = functions.get(name, functions.get(qualname))
+        if fn is None:
+            raise ValueError(
+                f"CallableFusion config names {name!r}; pass it explicitly, e.g. "
+                f"Fusion.from_config(config, functions={{{qualname!r}: {qualname}}}) "
+                "(configs never import code)"
+            )
+        return cls(fn)
