@@ -208,7 +208,9 @@ class BertTextTower(Encoder):
             ``top_k`` transformer layers train), ``"lora"`` (LoRA adapters via ``peft``; needs
             ``pip install recsys-mt[lora]``) or ``"full"``.
         top_k: layers unfrozen by ``"top_k_layers"``.
-        lora_r, lora_alpha, lora_dropout: LoRA rank, scaling and dropout.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling (the update is scaled by ``lora_alpha / lora_r``).
+        lora_dropout: dropout on the LoRA branch.
         lora_target_modules: module names that get adapters (default: peft's choice for the
             model type, e.g. ``["query", "value"]`` for BERT, else ``"all-linear"``).
         projection_dim: width of a learned linear projection of the pooled vector (``None``:

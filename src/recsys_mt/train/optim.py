@@ -329,7 +329,7 @@ def _grads(parameters: Iterable[Tensor] | Tensor) -> list[Tensor]:
             # Duplicate indices would be counted separately in the norm of the raw values.
             rows, values = row_grad(p.grad)
             p.grad = torch.sparse_coo_tensor(
-                rows.unsqueeze(0), values, p.grad.shape, is_coalesced=True
+                rows.unsqueeze(0), values, p.grad.shape, is_coalesced=True, check_invariants=False
             )
         out.append(p)
     return out
