@@ -21,6 +21,16 @@ __all__ = ["auc", "calibration_ratio", "gauc", "logloss", "mse", "rmse"]
 # --------------------------------------------------------------------------- shared helpers
 
 
+Result = float | torch.Tensor | np.ndarray
+
+
+def _device_of(*xs: Any) -> torch.device:
+    for x in xs:
+        if isinstance(x, torch.Tensor):
+            return x.device
+    return torch.device("cpu")
+
+
 def _is_numpy_like(x: Any) -> bool:
     """True if ``x`` is not a torch tensor (numpy array, list, scalar ...)."""
     return not isinstance(x, torch.Tensor)

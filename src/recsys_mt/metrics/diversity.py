@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classification import _as_float, _check_no_nan, _is_numpy_like, _reduce, _to_tensor
+from .classification import (
+    Result,
+    _as_float,
+    _check_no_nan,
+    _device_of,
+    _is_numpy_like,
+    _reduce,
+    _to_tensor,
+)
 
 __all__ = [
     "alpha_ndcg",
@@ -30,17 +38,8 @@ __all__ = [
     "novelty",
 ]
 
-Result = float | torch.Tensor | np.ndarray
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _device_of(*xs: Any) -> torch.device:
-    for x in xs:
-        if isinstance(x, torch.Tensor):
-            return x.device
-    return torch.device("cpu")
 
 
 def _slot_mask(mask: Any, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -34,7 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classification import _as_float, _check_no_nan, _is_numpy_like, _reduce, _to_tensor
+from .classification import (
+    Result,
+    _as_float,
+    _check_no_nan,
+    _device_of,
+    _is_numpy_like,
+    _reduce,
+    _to_tensor,
+)
 
 __all__ = [
     "hit_rate_at_k",
@@ -48,17 +56,8 @@ __all__ = [
     "recall_at_k",
 ]
 
-Result = float | torch.Tensor | np.ndarray
-
 
 # --------------------------------------------------------------------------- input handling
-
-
-def _device_of(*xs: Any) -> torch.device:
-    for x in xs:
-        if isinstance(x, torch.Tensor):
-            return x.device
-    return torch.device("cpu")
 
 
 def _as_2d(t: torch.Tensor, name: str) -> torch.Tensor:
