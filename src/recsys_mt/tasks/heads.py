@@ -194,9 +194,13 @@ class MMoE(Head):
             h = F.dropout(h, self.dropout, True)
         gates = torch.softmax(self.gate(x).view(-1, t, e), dim=-1)  # [B, T, E]
         experts = self.rest(h) if len(self.expert_dims) > 1 else h  # [E, B, H]
-        # Σ_e gate[b, t, e] · expert[e, b]: a broadcast multiply-add (a batched matmul of
-        # B tiny [T, E] × [E, H] products is several times slower on the CPU)
-        mixed = (gates.permute(1, 2, 0).unsqueeze(-1) * experts.unsqueeze(0)).sum(1)  # [T, B, H]
+        # Σ_e gate[b, t, e] · expert[e, b] as E fused multiply-adds into [T, B, H] (a batched
+        # matmul of B tiny [T, E] × [E, H] products, or one broadcast [T, E, B, H] product, is
+        # slower on the CPU)
+        g = gates.permute(1, 2, 0).unsqueeze(-1)  # [T, E, B, 1]
+        mixed = g[:, 0] * experts[0]
+        for i in range(1, self.num_experts):
+            mixed = torch.addcmul(mixed, g[:, i], experts[i])  # [T, B, H]
         return self.towers(mixed)
 
     def to_config(self) -> dict[str, Any]:
