@@ -11,6 +11,7 @@ from .data import (  # noqa: E402
     PAD_ID,
     BatchLoader,
     Dense,
+    FunnelStats,
     Schema,
     SchemaError,
     Sequence,
@@ -33,7 +34,7 @@ from .registry import register  # noqa: E402
 from .rerank import DPP, MMR, CallableFusion, CategoryCoverage, WeightedProduct, WeightedSum  # noqa: E402
 from .rerank import Fusion as ScoreFusion  # noqa: E402
 from .serving import Recommender  # noqa: E402
-from .tasks import PLE, Head, MMoE, SharedBottom, Task  # noqa: E402
+from .tasks import AITM, PLE, Head, MMoE, SharedBottom, Task  # noqa: E402
 from .train import (  # noqa: E402
     Callback,  # noqa: E402
     CSVLogger,
@@ -59,6 +60,7 @@ __all__ = [
     "Trainer",
     "WeightedProduct",
     "WeightedSum",
+    "AITM",
     "OOV_ID",
     "PAD_ID",
     "PLE",
@@ -69,6 +71,7 @@ __all__ = [
     "Dense",
     "DenseEncoder",
     "Encoder",
+    "FunnelStats",
     "Fusion",
     "Head",
     "IDEmbedding",

@@ -1,6 +1,6 @@
 """Data: feature specs, ``Schema``, columnar ``TensorFrame``, batching, synthetic data."""
 
-from .features import OOV_ID, PAD_ID, Dense, Feature, Sequence, Sparse, Text
+from .features import OOV_ID, PAD_ID, Dense, Feature, FunnelStats, Sequence, Sparse, Text
 from .frame import TensorFrame
 from .loader import BatchLoader
 from .schema import Schema, SchemaError
@@ -11,6 +11,7 @@ __all__ = [
     "BatchLoader",
     "Dense",
     "Feature",
+    "FunnelStats",
     "Schema",
     "SchemaError",
     "Sequence",

@@ -1,13 +1,19 @@
 """Feature specifications: what each input column is and how it is encoded.
 
 Specs are plain dataclasses holding the parameters exactly as given; everything learned from data
-lives in :class:`~recsys_mt.data.schema.Schema` (``vocabularies_``, ``dense_stats_``).
+lives in :class:`~recsys_mt.data.schema.Schema` (``vocabularies_``, ``dense_stats_``,
+``funnel_stats_``).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..tasks.task import Task
 
 PAD_ID = 0
 """Id of padding / missing values (a learned "missing" row for sparse features)."""
@@ -34,6 +40,12 @@ class Feature:
         _check_name(self.name)
         if getattr(self, "column", None) is None and hasattr(self, "column"):
             self.column = self.name
+
+    @property
+    def input_columns(self) -> list[str]:
+        """DataFrame columns ``Schema.transform`` reads for this feature."""
+        column = getattr(self, "column", None)
+        return [column] if column is not None else []
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}
@@ -162,4 +174,108 @@ class Text(Feature):
     column: str | None = None
 
 
-_KINDS: dict[str, type[Feature]] = {c.kind: c for c in (Sparse, Dense, Sequence, Text)}
+@dataclass
+class FunnelStats(Feature):
+    """Leakage-safe funnel statistics (smoothed target encoding) of an entity.
+
+    For each chosen binary task and each value of ``entity`` the schema learns, from the
+    training labels, how often the entity reached the task's stage given its parent stage
+    (CTR: clicks / impressions; CVR: purchases / clicks; repurchase: repurchases / purchases),
+    smoothed towards the global rate. Outputs per task, appended to the frame's ``"dense"``
+    tensor after the :class:`Dense` features: ``"<name>.<task>_rate"`` (logit of the smoothed
+    rate) and, with ``counts``, ``"<name>.<task>_count"`` (``log1p`` of the entity's exposure at
+    the parent stage), both standardised. Training rows get out-of-fold (or time-ordered)
+    values from ``Schema.fit_transform``, so no row ever sees its own label; see the
+    "Funnel statistics" docs page.
+
+    Args:
+        name: feature name; prefix of the output columns.
+        entity: id column, or a list of columns for a crossed entity
+            (``["user_id", "category"]``). Any id-like column; need not be a :class:`Sparse`.
+        tasks: names of binary tasks to compute rates for (default: every binary task).
+        smoothing: pseudo-count ``m`` > 0 of the prior: ``rate = (num + m·prior) / (den + m)``.
+        folds: number of out-of-fold folds (>= 2) for ``fit_transform``'s training values.
+        time_column: if set, ``fit_transform`` gives each training row the statistics of the
+            rows with a strictly earlier time value instead of out-of-fold ones.
+        counts: also output the ``log1p`` exposure count per task.
+        seed: seed of the random fold assignment.
+    """
+
+    kind: ClassVar[str] = "funnel_stats"
+    entity: str | list[str]
+    tasks: list[str] | None = None
+    smoothing: float = 20.0
+    folds: int = 5
+    time_column: str | None = None
+    counts: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        who = f"FunnelStats({self.name!r})"
+        cols = [self.entity] if isinstance(self.entity, str) else list(self.entity)
+        if not cols or not all(isinstance(c, str) and c for c in cols):
+            raise ValueError(f"{who}: entity must be a column name or a non-empty list of them")
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"{who}: entity lists a column twice: {cols}")
+        self.entity = self.entity if isinstance(self.entity, str) else cols
+        if self.tasks is not None:
+            self.tasks = [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)
+            if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+                raise ValueError(f"{who}: tasks must be a non-empty list of distinct task names")
+        if not isinstance(self.smoothing, numbers.Real) or not 0 < self.smoothing < math.inf:
+            raise ValueError(f"{who}: smoothing must be > 0, got {self.smoothing!r}")
+        if not isinstance(self.folds, numbers.Integral) or self.folds < 2:
+            raise ValueError(f"{who}: folds must be an int >= 2, got {self.folds!r}")
+        if not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"{who}: seed must be an int, got {self.seed!r}")
+        self.smoothing, self.folds, self.seed = (
+            float(self.smoothing),
+            int(self.folds),
+            int(self.seed),
+        )
+        self.counts = bool(self.counts)
+        if self.time_column is not None and (
+            not isinstance(self.time_column, str) or not self.time_column
+        ):
+            raise ValueError(f"{who}: time_column must be a column name or None")
+
+    @property
+    def entity_columns(self) -> list[str]:
+        """The entity's column(s), as a list."""
+        return [self.entity] if isinstance(self.entity, str) else list(self.entity)
+
+    @property
+    def input_columns(self) -> list[str]:
+        return self.entity_columns
+
+    def resolve_tasks(self, tasks: list[Task]) -> list[Task]:
+        """The binary tasks to compute rates for: ``self.tasks`` in the given order, or every
+        binary task of ``tasks`` in order. Raises ``ValueError`` naming an unknown or regression
+        task and listing the binary ones."""
+        binary = [t for t in tasks if t.binary]
+        if self.tasks is None:
+            if not binary:
+                raise ValueError(
+                    f"FunnelStats({self.name!r}) needs a binary task; the schema's tasks are "
+                    f"{[t.name for t in tasks]}"
+                )
+            return binary
+        by_name = {t.name: t for t in tasks}
+        for name in self.tasks:
+            t = by_name.get(name)
+            if t is None or not t.binary:
+                why = "is not a task" if t is None else f"is a regression task (loss={t.loss!r})"
+                raise ValueError(
+                    f"FunnelStats({self.name!r}): task {name!r} {why}; funnel statistics need a "
+                    f"binary task, one of {[b.name for b in binary]}"
+                )
+        return [by_name[name] for name in self.tasks]
+
+    def output_columns(self, task_names: list[str]) -> list[str]:
+        """``"<name>.<task>_rate"`` (and ``"<name>.<task>_count"`` with ``counts``) per task."""
+        suffixes = ("rate", "count") if self.counts else ("rate",)
+        return [f"{self.name}.{t}_{s}" for t in task_names for s in suffixes]
+
+
+_KINDS: dict[str, type[Feature]] = {c.kind: c for c in (Sparse, Dense, Sequence, Text, FunnelStats)}

@@ -15,7 +15,8 @@ class TensorFrame:
     Keys written by :meth:`Schema.transform <recsys_mt.data.Schema.transform>`:
 
     - ``"sparse"``: int64 ``[N, S]`` ids of the sparse features, in ``meta["sparse"]`` order;
-    - ``"dense"``: float32 ``[N, D]`` transformed numeric features (``meta["dense"]`` order);
+    - ``"dense"``: float32 ``[N, D]`` transformed numeric features, then funnel statistics
+      (``meta["dense"]`` = ``schema.dense_columns`` order);
     - ``"seq/<name>"``: int64 ``[N, L]`` id sequences, left-aligned, 0-padded;
     - ``"text/<name>"``: int64 ``[N]`` index into ``meta["texts"][name]`` (distinct strings);
     - ``"labels"``: float32 ``[N, T]`` labels in ``meta["tasks"]`` order;

@@ -11,44 +11,18 @@ import pandas as pd
 import torch
 
 from ..tasks.task import Task, order_tasks
-from .features import NUM_SPECIAL, OOV_ID, PAD_ID, Dense, Feature, Sequence, Sparse, Text
+from .features import Dense, Feature, FunnelStats, Sequence, Sparse, Text
 from .frame import TensorFrame
+from .funnel_stats import (
+    FunnelTable,
+    fit_funnel_stats,
+    funnel_columns,
+    transform_funnel_stats,
+    validate_funnel_stats,
+)
+from .vocab import SchemaError, _canonical, _flatten_lists, _id_kind, _Vocab
 
 FORMAT_VERSION = 1
-
-
-class SchemaError(ValueError):
-    """Input data does not fit the schema (missing column, wrong dtype, bad value, ...)."""
-
-
-# ----------------------------------------------------------------------------- id helpers
-def _id_kind(values: pd.Series | np.ndarray, what: str) -> str:
-    """'int' or 'str' for a column of ids; raises on floats that are not whole numbers."""
-    dtype = values.dtype
-    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
-        return "int"
-    if pd.api.types.is_float_dtype(dtype):
-        arr = np.asarray(values, dtype=np.float64)
-        arr = arr[~np.isnan(arr)]
-        if arr.size and not np.all(np.equal(np.mod(arr, 1), 0)):
-            bad = arr[np.mod(arr, 1) != 0][0]
-            raise SchemaError(f"{what} holds non-integer float ids (e.g. {bad}); cast it to str")
-        return "int"
-    return "str"
-
-
-def _canonical(values: pd.Series, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(values, missing_mask)`` with values as int64 or str objects."""
-    missing = values.isna().to_numpy()
-    if kind == "int":
-        filled = values.fillna(0) if missing.any() else values
-        return filled.to_numpy().astype(np.int64), missing
-    return values.astype(str).to_numpy(dtype=object), missing
-
-
-def _hash_ids(values: np.ndarray, buckets: int) -> np.ndarray:
-    h = pd.util.hash_array(values)  # fixed-key SipHash: same result in every process
-    return (h % np.uint64(buckets)).astype(np.int64) + NUM_SPECIAL
 
 
 def _build_vocab(values: np.ndarray, spec: Sparse | Sequence) -> list:
@@ -59,66 +33,19 @@ def _build_vocab(values: np.ndarray, spec: Sparse | Sequence) -> list:
     return counts.index.tolist()
 
 
-class _Vocab:
-    """Value → id lookup: 0 missing, 1 OOV, 2.. known values (or hash buckets)."""
-
-    def __init__(self, kind: str, values: list | None = None, buckets: int | None = None):
-        self.kind = kind
-        self.values = values
-        self.buckets = buckets
-        self._index = pd.Index(values) if values is not None else None
-
-    @property
-    def size(self) -> int:
-        n = self.buckets if self.buckets is not None else len(self.values)
-        return n + NUM_SPECIAL
-
-    def lookup(self, values: np.ndarray, missing: np.ndarray) -> np.ndarray:
-        if self.buckets is not None:
-            ids = _hash_ids(values, self.buckets)
-        else:
-            pos = self._index.get_indexer(values)
-            ids = np.where(pos < 0, OOV_ID, pos + NUM_SPECIAL).astype(np.int64)
-        ids[missing] = PAD_ID
-        return ids
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "values": self.values, "buckets": self.buckets}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> _Vocab:
-        return cls(d["kind"], d.get("values"), d.get("buckets"))
-
-
-def _flatten_lists(col: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row lengths ``[N]`` and the concatenated values of a list column."""
-    lengths = np.zeros(len(col), dtype=np.int64)
-    parts = []
-    for i, cell in enumerate(col.to_numpy(dtype=object)):
-        if cell is None or (isinstance(cell, float) and np.isnan(cell)):
-            continue
-        if isinstance(cell, (str, bytes)) or not hasattr(cell, "__len__"):
-            raise SchemaError(
-                f"sequence column {name!r} must hold lists / arrays of ids; row {i} holds "
-                f"{type(cell).__name__} {cell!r}"
-            )
-        lengths[i] = len(cell)
-        if len(cell):
-            parts.append(np.asarray(cell))
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    return lengths, flat
-
-
 # ----------------------------------------------------------------------------- Schema
 class Schema:
     """Feature specs and tasks; learns vocabularies and statistics, turns DataFrames to tensors.
 
     Follows scikit-learn conventions: parameters are stored as given, learned state ends with
-    ``_`` (``vocabularies_``, ``dense_stats_``), and every input is validated before any state
-    changes. Errors are :class:`SchemaError` (a ``ValueError``) naming the column and value.
+    ``_`` (``vocabularies_``, ``dense_stats_``, ``funnel_stats_``), and every input is validated
+    before any state changes. Errors are :class:`SchemaError` (a ``ValueError``) naming the
+    column and value. Training rows should be encoded with :meth:`fit_transform` (leakage-safe
+    :class:`FunnelStats`), all other rows with :meth:`transform`.
 
     Args:
-        features: :class:`Sparse`, :class:`Dense`, :class:`Sequence` and :class:`Text` specs.
+        features: :class:`Sparse`, :class:`Dense`, :class:`Sequence`, :class:`Text` and
+            :class:`FunnelStats` specs.
         tasks: :class:`~recsys_mt.tasks.Task` list; parents may follow children (they are
             ordered), ``given=`` must name a task, and chains must not have cycles.
         group: column grouping rows for GAUC (usually the user id). ``"auto"`` uses a feature
@@ -158,11 +85,13 @@ class Schema:
                     raise ValueError(f"Text({f.name!r}) has key={f.key!r}, not a Sparse feature")
         self.features = features
         self.tasks = order_tasks(list(tasks or []))
+        validate_funnel_stats(features, self.tasks)
         if group == "auto":
             group = "user_id" if "user_id" in by_name else None
         self.group = group
         self.vocabularies_: dict[str, _Vocab] | None = None
         self.dense_stats_: dict[str, dict[str, float]] | None = None
+        self.funnel_stats_: dict[str, FunnelTable] | None = None
 
     # ------------------------------------------------------------------ views
     def _of(self, cls: type) -> list:
@@ -175,6 +104,15 @@ class Schema:
     @property
     def dense(self) -> list[Dense]:
         return self._of(Dense)
+
+    @property
+    def funnel_stats(self) -> list[FunnelStats]:
+        return self._of(FunnelStats)
+
+    @property
+    def dense_columns(self) -> list[str]:
+        """Columns of the frame's ``"dense"`` tensor: Dense features, then FunnelStats outputs."""
+        return [f.name for f in self.dense] + funnel_columns(self.funnel_stats, self.tasks)
 
     @property
     def sequences(self) -> list[Sequence]:
@@ -223,7 +161,7 @@ class Schema:
             raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
         if len(df) == 0:
             raise SchemaError("the DataFrame is empty (0 rows)")
-        needed = [f.column for f in self.features]
+        needed = list(dict.fromkeys(c for f in self.features for c in f.input_columns))
         if self.group is not None and self.group not in needed:
             needed.append(self.group)
         missing = [c for c in needed if c not in df.columns]
@@ -319,10 +257,17 @@ class Schema:
 
     # ------------------------------------------------------------------ fit / transform
     def fit(self, df: pd.DataFrame) -> Schema:
-        """Learn vocabularies and dense statistics from ``df``; returns ``self``.
+        """Learn vocabularies, dense statistics and funnel statistics from ``df``; returns ``self``.
 
-        Validates the whole frame first (labels too, if present); on error nothing changes.
+        Validates the whole frame first (labels too, if present; :class:`FunnelStats` need them);
+        on error nothing changes. Do not ``transform`` the same rows afterwards when the schema
+        has FunnelStats (their rows would see their own labels): use :meth:`fit_transform`.
         """
+        self._fit(df)
+        return self
+
+    def _fit(self, df: pd.DataFrame) -> np.ndarray | None:
+        """``fit``; returns the leakage-safe FunnelStats values ``[N, C]`` of ``df`` (or None)."""
         has_labels = self._check_df(df, labels="auto")
         vocabs: dict[str, _Vocab] = {}
         for f in self.sparse:
@@ -351,11 +296,13 @@ class Schema:
                 mean = float(np.nanmean(x)) if (~np.isnan(x)).any() else 0.0
                 std = float(np.nanstd(x)) if (~np.isnan(x)).any() else 1.0
                 stats[f.name] = {"mean": mean, "std": std if std > 1e-12 else 1.0}
-        if has_labels:
-            self._labels(df)
+        if has_labels and not self.funnel_stats:
+            self._labels(df)  # validation only; fit_funnel_stats validates them itself
+        funnel, train_funnel = fit_funnel_stats(self, df, has_labels)
         self.vocabularies_ = vocabs
         self.dense_stats_ = stats
-        return self
+        self.funnel_stats_ = funnel
+        return train_funnel
 
     @staticmethod
     def _check_seq_kind(f: Sequence, flat: np.ndarray, kind: str) -> None:
@@ -376,15 +323,20 @@ class Schema:
                 if only some are), ``True`` requires them, ``False`` skips them.
 
         Unseen ids map to the OOV id 1, missing ids to 0. Raises :class:`SchemaError` on bad
-        input, naming the column.
+        input, naming the column. :class:`FunnelStats` come from the full training tables (no
+        labels needed); a ``UserWarning`` flags the frame they were fit on (target leakage).
         """
+        return self._transform(df, labels, None)
+
+    def _transform(self, df: pd.DataFrame, labels: bool | str, funnel: np.ndarray | None):
+        """``transform``; ``funnel`` replaces the FunnelStats values (``fit_transform``)."""
         self._check_fitted()
         has_labels = self._check_df(df, labels)
         n = len(df)
         tensors: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {
             "sparse": [f.name for f in self.sparse],
-            "dense": [f.name for f in self.dense],
+            "dense": self.dense_columns,
             "tasks": self.task_names,
             "texts": {},
         }
@@ -401,11 +353,11 @@ class Schema:
             sparse[:, j] = vocab.lookup(values, missing)
         if self.sparse:
             tensors["sparse"] = torch.from_numpy(sparse)
-        if self.dense:
-            dense = np.stack(
-                [self._dense_values(df, f, self.dense_stats_[f.name]) for f in self.dense], axis=1
-            )
-            tensors["dense"] = torch.from_numpy(dense.astype(np.float32))
+        parts = [self._dense_values(df, f, self.dense_stats_[f.name])[:, None] for f in self.dense]
+        if self.funnel_stats:
+            parts.append(transform_funnel_stats(self, df) if funnel is None else funnel)
+        if parts:
+            tensors["dense"] = torch.from_numpy(np.concatenate(parts, axis=1).astype(np.float32))
         for f in self.sequences:
             vocab = self.vocabularies_[f.vocab_from or f.name]
             lengths, flat = _flatten_lists(df[f.column], f.column)
@@ -436,8 +388,12 @@ class Schema:
         return TensorFrame(tensors, meta)
 
     def fit_transform(self, df: pd.DataFrame, labels: bool | str = "auto") -> TensorFrame:
-        """``fit(df)`` then ``transform(df)``."""
-        return self.fit(df).transform(df, labels=labels)
+        """``fit(df)`` then encode ``df``; use it for the training rows.
+
+        Same as ``fit(df).transform(df)`` except for :class:`FunnelStats`: every row gets
+        out-of-fold (or, with ``time_column``, time-ordered) values, so no row sees its label.
+        """
+        return self._transform(df, labels, self._fit(df))
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
@@ -450,6 +406,9 @@ class Schema:
             if self.vocabularies_ is None
             else {k: v.to_dict() for k, v in self.vocabularies_.items()},
             "dense_stats": self.dense_stats_,
+            "funnel_stats": None
+            if self.funnel_stats_ is None
+            else {k: v.to_dict() for k, v in self.funnel_stats_.items()},
         }
 
     @classmethod
@@ -464,6 +423,10 @@ class Schema:
         if d.get("vocabularies") is not None:
             schema.vocabularies_ = {k: _Vocab.from_dict(v) for k, v in d["vocabularies"].items()}
             schema.dense_stats_ = d["dense_stats"]
+            schema.funnel_stats_ = {
+                k: FunnelTable.from_dict(v, schema.feature(k))
+                for k, v in (d.get("funnel_stats") or {}).items()
+            }
         return schema
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:

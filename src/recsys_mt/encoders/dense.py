@@ -12,7 +12,10 @@ from .base import Encoder
 
 @register("encoder", "dense")
 class DenseEncoder(Encoder):
-    """The schema's dense features, ``batch["dense"] [B, D]``, optionally projected.
+    """The schema's dense columns, ``batch["dense"] [B, D]``, optionally projected.
+
+    ``D = len(schema.dense_columns)``: the :class:`~recsys_mt.data.Dense` features, then the
+    :class:`~recsys_mt.data.FunnelStats` outputs.
 
     Args:
         dim: ``None`` passes the (already standardised) values through, ``out_dim = D``;
@@ -24,9 +27,9 @@ class DenseEncoder(Encoder):
         self.dim = dim
 
     def build(self, schema: Any) -> None:
-        n = len(schema.dense)
+        n = len(schema.dense_columns)
         if n == 0:
-            raise ValueError("DenseEncoder: the schema has no Dense features")
+            raise ValueError("DenseEncoder: the schema has no Dense or FunnelStats features")
         self.proj = nn.Linear(n, self.dim) if self.dim else None
         self.out_dim = self.dim or n
 

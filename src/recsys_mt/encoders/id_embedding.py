@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.features import OOV_ID
 from ..registry import register
 from .base import Encoder, masked_mean
 from .sparse_embedding import row_sparse_embedding
@@ -61,6 +62,11 @@ class IDEmbedding(Encoder):
             features and pooled sequence views with the same dimension), as in DLRM / FM
             (``F·(F−1)/2`` extra columns): MLPs learn multiplicative user × item affinities poorly
             from concatenated embeddings alone.
+        id_dropout: during training, each known id (sparse features, history entries and
+            attention targets) is replaced by its feature's OOV id with this probability, so
+            the OOV row of every feature learns an "unknown value" vector. Without it the OOV
+            rows are never reached by a training row, and ids unseen in training (new users,
+            cold items) are scored with their untrained random initialisation.
         lr_scale: learning-rate multiplier of the tables (the Trainer's ``lr`` times this).
             With sparse gradients a row is only updated in batches that contain it, so rare
             ids get few steps; a larger rate (10–30) often converges faster in the first
@@ -77,6 +83,7 @@ class IDEmbedding(Encoder):
         init_std: float = 0.05,
         interactions: bool = False,
         lr_scale: float = 1.0,
+        id_dropout: float = 0.0,
     ):
         super().__init__()
         bad = [p for p in sequence_pooling if p not in POOLINGS]
@@ -89,6 +96,9 @@ class IDEmbedding(Encoder):
         self.init_std = init_std
         self.interactions = interactions
         self.lr_scale = lr_scale
+        if not 0.0 <= id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
+        self.id_dropout = float(id_dropout)
         self.sparse_grad = False
 
     def build(self, schema: Any) -> None:
@@ -166,8 +176,18 @@ class IDEmbedding(Encoder):
             return row_sparse_embedding(self._table(dim), ids)
         return F.embedding(ids, self._table(dim))
 
+    def _drop_ids(self, ids: Tensor) -> Tensor:
+        """Known ids (>= 2) replaced by ``OOV_ID`` with probability ``id_dropout`` (training)."""
+        if not (self.id_dropout and self.training):
+            return ids
+        drop = (torch.rand(ids.shape, device=ids.device) < self.id_dropout) & (ids > OOV_ID)
+        return ids.masked_fill(drop, OOV_ID)
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         sparse = batch.get("sparse")
+        if sparse is not None:
+            sparse = self._drop_ids(sparse)
+        seqs = {n: self._drop_ids(batch[f"seq/{n}"]) for n, *_ in self._seq}
         # all ids that read one table are looked up together: one gather (and, with sparse
         # gradients, one coalesced gradient) per table per batch
         requests: dict[int, list[Tensor]] = {d: [] for d in self.dims}
@@ -175,7 +195,7 @@ class IDEmbedding(Encoder):
             cols, offs = getattr(self, f"cols_{d}"), getattr(self, f"offsets_{d}")
             requests[d].append(sparse.index_select(1, cols) + offs)  # [B, n_d]
         for n, dim, off, _tcol, _toff, _modes in self._seq:
-            requests[dim].append(batch[f"seq/{n}"] + off)  # [B, L]
+            requests[dim].append(seqs[n] + off)  # [B, L]
         for _n, dim, _off, tcol, toff, modes in self._seq:
             if "attention" in modes:
                 requests[dim].append(sparse[:, tcol : tcol + 1] + toff)  # [B, 1]
@@ -191,7 +211,7 @@ class IDEmbedding(Encoder):
             fields[d].append(looked[d].pop(0))  # [B, n_d, d]
         seq_emb = [looked[dim].pop(0) for _, dim, *_ in self._seq]
         for (n, dim, _off, _tcol, _toff, modes), h in zip(self._seq, seq_emb):
-            mask = batch[f"seq/{n}"] != 0  # [B, L]
+            mask = seqs[n] != 0  # [B, L]
             for m in modes:
                 if m == "mean":
                     pooled = masked_mean(h, mask)
@@ -238,4 +258,5 @@ class IDEmbedding(Encoder):
             "init_std": self.init_std,
             "interactions": self.interactions,
             "lr_scale": self.lr_scale,
+            "id_dropout": self.id_dropout,
         }

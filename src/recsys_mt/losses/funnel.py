@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SUPERVISIONS = ("entire_space", "conditional")
+SUPERVISIONS = ("entire_space", "conditional", "both")
 
 
 def log1mexp(a: Tensor) -> Tensor:
@@ -72,7 +72,7 @@ def funnel_losses(
     joint_labels = []
     for t, p in enumerate(parents):
         joint_labels.append(labels[:, t] if p is None else labels[:, t] * joint_labels[p])
-    need_chain = supervision == "entire_space" and any(
+    need_chain = supervision in ("entire_space", "both") and any(
         p is not None and binary[t] for t, p in enumerate(parents)
     )
     log_q = chain_log_probs(logits, parents) if need_chain else None
@@ -84,13 +84,17 @@ def funnel_losses(
             losses.append(err.mean() if p is None else _masked_mean(err, joint_labels[p]))
         elif p is None:
             losses.append(F.binary_cross_entropy_with_logits(z, y))
-        elif supervision == "entire_space":
-            yq = joint_labels[t]
-            lq = log_q[:, t]
-            losses.append(-(yq * lq + (1 - yq) * log1mexp(lq)).mean())
         else:
-            bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
-            losses.append(_masked_mean(bce, joint_labels[p]))
+            loss = None
+            if supervision in ("entire_space", "both"):
+                yq = joint_labels[t]
+                lq = log_q[:, t]
+                loss = -(yq * lq + (1 - yq) * log1mexp(lq)).mean()
+            if supervision in ("conditional", "both"):
+                bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+                cond = _masked_mean(bce, joint_labels[p])
+                loss = cond if loss is None else loss + cond
+            losses.append(loss)
     return losses
 
 
@@ -98,3 +102,37 @@ def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``x`` where ``mask`` is 1; 0 (with a graph) when no row qualifies."""
     m = mask.to(x.dtype)
     return (x * m).sum() / m.sum().clamp_min(1.0)
+
+
+def behavioural_calibration(
+    joint_probs: Tensor, parents: list[int | None], binary: list[bool] | None = None
+) -> Tensor:
+    """AITM's behavioural expectation calibrator: ``mean_b Σ_child relu(q_child − q_parent)``.
+
+    AITM (Xi et al., KDD 2021) adds this penalty because its towers output one unconstrained
+    probability per funnel stage, and a later stage (purchase) must not be more likely than the
+    one before it (click). In this library a child's stage probability is the **joint**
+    ``q_t = q_parent(t) · σ(z_t)`` with ``σ(z_t) ∈ (0, 1)``, so ``q_t <= q_parent(t)`` holds
+    by construction for every head, and the penalty of :meth:`MultiTaskModel.probabilities`'s
+    joint output is exactly 0 (in floating point too: ``log q_t`` is ``log q_parent`` plus a
+    non-positive ``logsigmoid``). It is provided to check that property and for scores that do
+    not come from this model.
+
+    Args:
+        joint_probs: ``[B, T]`` stage (joint) probabilities in task order.
+        parents: parent index per task (``None`` for roots), parents before children.
+        binary: optional ``[T]`` flags; pairs where the child or the parent is not binary
+            (regression columns) are skipped.
+
+    Returns:
+        scalar: mean over rows of the sum over child tasks of ``max(q_child − q_parent, 0)``
+        (0 when there is no child task).
+    """
+    terms = [
+        F.relu(joint_probs[:, t] - joint_probs[:, p])
+        for t, p in enumerate(parents)
+        if p is not None and (binary is None or (binary[t] and binary[p]))
+    ]
+    if not terms:
+        return joint_probs.new_zeros(())
+    return torch.stack(terms, dim=1).sum(1).mean()

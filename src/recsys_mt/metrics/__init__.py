@@ -7,12 +7,15 @@
   (evaluate given lists), batched over users ``[B, N]``;
 * :mod:`.diversity`: ``intra_list_diversity``, ``category_coverage``, ``category_entropy``,
   ``novelty``, ``alpha_ndcg`` for recommended lists ``[B, k]``;
-* :mod:`.streaming`: ``StreamingAUC``, ``StreamingGAUC``, ``StreamingLogLoss``.
+* :mod:`.calibration`: ``ece`` (expected calibration error) and ``reliability_curve``;
+* :mod:`.streaming`: ``StreamingAUC``, ``StreamingGAUC``, ``StreamingLogLoss``;
+* :mod:`.plot`: ``plot_reliability`` (needs matplotlib, imported only when drawing).
 
 All functions accept numpy arrays or torch tensors (any device). Only ``torch`` and ``numpy``
 are imported; nothing else from ``recsys_mt``.
 """
 
+from .calibration import ece, reliability_curve
 from .classification import auc, calibration_ratio, gauc, logloss, mse, rmse
 from .diversity import (
     alpha_ndcg,
@@ -21,6 +24,7 @@ from .diversity import (
     intra_list_diversity,
     novelty,
 )
+from .plot import plot_reliability
 from .ranking import (
     hit_rate_at_k,
     list_hit_rate,
@@ -43,6 +47,7 @@ __all__ = [
     "calibration_ratio",
     "category_coverage",
     "category_entropy",
+    "ece",
     "gauc",
     "hit_rate_at_k",
     "intra_list_diversity",
@@ -56,6 +61,8 @@ __all__ = [
     "ndcg_at_k",
     "ndcg_of_ranking",
     "novelty",
+    "plot_reliability",
     "recall_at_k",
+    "reliability_curve",
     "rmse",
 ]

@@ -44,6 +44,8 @@ def _to_tensor(x: Any, device: torch.device | None = None) -> torch.Tensor:
         arr = np.asarray(x)
         if arr.dtype == object or arr.dtype.kind in "USO":
             raise TypeError(f"expected a numeric array, got dtype {arr.dtype}")
+        if not arr.flags.writeable:  # read-only views (pandas' to_numpy) cannot be shared
+            arr = arr.copy()
         t = torch.as_tensor(arr)
     if device is not None and t.device != device:
         t = t.to(device)

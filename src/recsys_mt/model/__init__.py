@@ -1,5 +1,13 @@
-"""``MultiTaskModel`` and checkpoint helpers."""
+"""``MultiTaskModel``, checkpoint helpers, funnel evaluation and post-hoc calibration."""
 
-from .multitask import CheckpointError, MultiTaskModel, evaluate_funnel
+from .calibration import apply_calibration, fit_calibration
+from .evaluation import evaluate_funnel
+from .multitask import CheckpointError, MultiTaskModel
 
-__all__ = ["CheckpointError", "MultiTaskModel", "evaluate_funnel"]
+__all__ = [
+    "CheckpointError",
+    "MultiTaskModel",
+    "apply_calibration",
+    "evaluate_funnel",
+    "fit_calibration",
+]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,10 @@ from ..registry import build as build_registered
 from ..registry import to_config as registered_config
 from ..tasks import MMoE
 from ..tasks.heads import Head
+from .calibration import METHODS as CALIBRATION_METHODS
+from .calibration import apply_calibration, fit_calibration, identity_calibration
+from .counterfactual import CounterfactualRegulariser, check_counterfactual
+from .evaluation import evaluate_funnel
 
 CONFIG_NAME = "config.json"
 SCHEMA_NAME = "schema.json"
@@ -45,6 +51,10 @@ class MultiTaskModel(nn.Module):
             ``"conditional"`` (child tasks masked to rows where the parent is positive).
         balancer: a :class:`~recsys_mt.losses.Balancer` (default :class:`StaticWeights` using
             each ``Task.weight``).
+        counterfactual: ``None``, ``"ips"`` or ``"dr"``: add an ESCM²-style counterfactual
+            risk (:mod:`recsys_mt.losses.counterfactual`) to the training loss of every binary
+            child task whose parent chain is binary; see :meth:`losses`.
+        counterfactual_weight: multiplier of that risk (default 0.1).
 
     Outputs: :meth:`forward` gives logits ``[B, T]`` in ``schema.tasks`` order; each binary
     logit is the *conditional* log-odds given the parent task. :meth:`predict` returns the
@@ -64,6 +74,8 @@ class MultiTaskModel(nn.Module):
         fusion: Fusion | None = None,
         supervision: str = "entire_space",
         balancer: Balancer | None = None,
+        counterfactual: str | None = None,
+        counterfactual_weight: float = 0.1,
     ):
         super().__init__()
         if not isinstance(schema, Schema):
@@ -78,7 +90,7 @@ class MultiTaskModel(nn.Module):
         self.supervision = supervision
         if encoders is None:
             encoders = [IDEmbedding()] if (schema.sparse or schema.sequences) else []
-            if schema.dense:
+            if schema.dense_columns:
                 encoders.append(DenseEncoder())
         if not encoders:
             raise ValueError(
@@ -91,13 +103,31 @@ class MultiTaskModel(nn.Module):
                 raise ValueError(f"encoder {type(enc).__name__} has out_dim 0 after build()")
         self.fusion = fusion if fusion is not None else ConcatFusion()
         self.fusion.build([e.out_dim for e in self.encoders])
-        self.head = head if head is not None else MMoE()
-        self.head.build(self.fusion.out_dim, len(schema.tasks))
-        self.balancer = balancer if balancer is not None else StaticWeights()
-        self.balancer.build(schema.tasks)
         index = {t.name: i for i, t in enumerate(schema.tasks)}
         self.parents = [index[t.given] if t.given else None for t in schema.tasks]
         self.binary = [t.binary for t in schema.tasks]
+        self.head = head if head is not None else MMoE()
+        if "parents" in inspect.signature(self.head.build).parameters:  # funnel-aware head
+            self.head.build(self.fusion.out_dim, len(schema.tasks), parents=list(self.parents))
+        else:
+            self.head.build(self.fusion.out_dim, len(schema.tasks))
+        self.balancer = balancer if balancer is not None else StaticWeights()
+        self.balancer.build(schema.tasks)
+        self.counterfactual = counterfactual
+        self.counterfactual_weight = check_counterfactual(counterfactual, counterfactual_weight)
+        self.counterfactual_reg = None
+        if counterfactual is not None:
+            self.counterfactual_reg = CounterfactualRegulariser(
+                counterfactual,
+                counterfactual_weight,
+                schema.tasks,
+                self.parents,
+                self.fusion.out_dim,
+            )
+        # Post-hoc calibration rows (a, b) per task, identity until calibrate(); saved with the
+        # weights, applied by predict / evaluate only (never by forward or training).
+        self.register_buffer("calibration", identity_calibration(len(schema.tasks)))
+        self.calibration_method: str | None = None
 
     # ------------------------------------------------------------------ forward
     @property
@@ -110,14 +140,19 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Logits ``[B, T]`` (conditional log-odds for binary tasks, values for regression)."""
-        parts = [enc(batch) for enc in self.encoders]
-        return self.head(self.fusion(parts))
+        return self._forward(batch)[1]
+
+    def _forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(fused [B, D], logits [B, T])``: the fusion output and the head's logits."""
+        fused = self.fusion([enc(batch) for enc in self.encoders])
+        return fused, self.head(fused)
 
     def probabilities(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """``(conditional [B, T], joint [B, T])`` from logits.
 
         Binary: conditional = σ(z); joint = Π σ(z) over the chain (equal for root tasks).
-        Regression columns carry the raw prediction in both.
+        Regression columns carry the raw prediction in both. Applies no calibration: pass
+        ``self.calibrate_logits(logits)`` for calibrated probabilities.
         """
         logits = logits.float()
         cond = torch.where(
@@ -127,16 +162,29 @@ class MultiTaskModel(nn.Module):
         joint = torch.where(torch.tensor(self.binary, device=logits.device), joint, logits)
         return cond, joint
 
-    def losses(self, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """Per-task loss ``{task: scalar}`` under the model's supervision mode."""
+    def losses(
+        self, logits: Tensor, labels: Tensor, fused: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Per-task loss ``{task: scalar}`` under the model's supervision mode.
+
+        With ``counterfactual`` set and ``fused`` (the ``[B, D]`` fusion output the logits came
+        from) given, ``counterfactual_weight ·`` the IPS / DR risk is added to each regularised
+        child task's entry, so balancers weigh it with its task. Without ``fused`` (as in
+        :meth:`validation_metrics`) the plain funnel losses: a fixed criterion.
+        """
         per = funnel_losses(logits, labels, self.parents, self.binary, self.supervision)
-        return dict(zip(self.schema.task_names, per))
+        out = dict(zip(self.schema.task_names, per))
+        if self.counterfactual_reg is not None and fused is not None:
+            for name, reg in self.counterfactual_reg(fused, logits, labels).items():
+                out[name] = out[name] + reg
+        return out
 
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Trainer protocol: ``{"loss": total, "loss/<task>": detached per-task loss}``."""
         if "labels" not in batch:
             raise ValueError("the batch has no labels: transform the training data with labels")
-        per = self.losses(self(batch), batch["labels"])
+        fused, logits = self._forward(batch)
+        per = self.losses(logits, batch["labels"], fused)
         out = {"loss": self.balancer(per)}
         out.update({f"loss/{k}": v.detach() for k, v in per.items()})
         return out
@@ -184,8 +232,14 @@ class MultiTaskModel(nn.Module):
         return self.prepare(data)
 
     @torch.inference_mode()
-    def predict_logits(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> Tensor:
-        """Logits ``[N, T]`` for every row, on the CPU."""
+    def predict_logits(
+        self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192, calibrated: bool = False
+    ) -> Tensor:
+        """Logits ``[N, T]`` for every row, on the CPU.
+
+        The raw head outputs of :meth:`forward` by default; ``calibrated=True`` applies the map
+        fitted by :meth:`calibrate` (what :meth:`predict` and :meth:`evaluate` use).
+        """
         frame = self._as_frame(data)
         was_training = self.training
         self.eval()
@@ -197,7 +251,8 @@ class MultiTaskModel(nn.Module):
             ]
         finally:
             self.train(was_training)
-        return torch.cat(out)
+        logits = torch.cat(out)
+        return self.calibrate_logits(logits) if calibrated else logits
 
     def predict_columns(self) -> list[str]:
         """Names of the columns :meth:`predict` returns, in order."""
@@ -209,9 +264,10 @@ class MultiTaskModel(nn.Module):
 
         Columns: one per task (conditional probability, e.g. ``ctr``, ``cvr`` = p(buy | click),
         or the predicted value for regression tasks), then one per binary child task with the
-        joint probability (``ctcvr`` = p(click ∧ buy), ``repurchase_joint``, …).
+        joint probability (``ctcvr`` = p(click ∧ buy), ``repurchase_joint``, …). After
+        :meth:`calibrate` the conditionals are calibrated and the joints are their products.
         """
-        cond, joint = self.probabilities(self.predict_logits(data, batch_size))
+        cond, joint = self.probabilities(self.predict_logits(data, batch_size, calibrated=True))
         cols: dict[str, np.ndarray] = {}
         for j, t in enumerate(self.tasks):
             cols[t.name] = cond[:, j].numpy()
@@ -223,17 +279,18 @@ class MultiTaskModel(nn.Module):
     def evaluate(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> pd.DataFrame:
         """Funnel-aware metrics as a tidy DataFrame ``[task, metric, value, rows]``.
 
-        Binary root tasks: AUC, GAUC (when the schema has a group column), logloss and
-        calibration (mean predicted / mean observed) on all rows. Binary child tasks: the same
-        for the conditional probability on the rows where the parent's joint label is 1 (CVR on
-        clicked rows), plus AUC / logloss of the joint probability on all rows under the joint
-        name (``ctcvr``). Regression: MSE and RMSE on observed rows. Metrics that are undefined
-        (one class present) are NaN.
+        Binary root tasks: AUC, GAUC (when the schema has a group column), logloss, ECE
+        (:func:`~recsys_mt.metrics.ece`, 15 bins) and calibration (mean predicted / mean
+        observed) on all rows. Binary child tasks: the same for the conditional probability on
+        the rows where the parent's joint label is 1 (CVR on clicked rows), plus AUC / logloss /
+        ECE of the joint probability on all rows under the joint name (``ctcvr``). Regression:
+        MSE and RMSE on observed rows. Metrics that are undefined (one class present) are NaN.
+        Probabilities are calibrated when :meth:`calibrate` has been called.
         """
         frame = self._as_frame(data)
         if "labels" not in frame:
             raise ValueError("evaluate needs labels: the frame was transformed without them")
-        cond, joint = self.probabilities(self.predict_logits(frame, batch_size))
+        cond, joint = self.probabilities(self.predict_logits(frame, batch_size, calibrated=True))
         return evaluate_funnel(
             self.tasks,
             self.parents,
@@ -247,7 +304,8 @@ class MultiTaskModel(nn.Module):
         """Trainer protocol: ``{"loss", "<task>_auc", "<task>_logloss", "<joint>_auc", …}``.
 
         ``loss`` is ``Σ_t Task.weight · L_t`` with the model's supervision — a fixed criterion
-        for early stopping even when the balancer learns its weights.
+        for early stopping even when the balancer learns its weights. Like training, it uses
+        the uncalibrated logits.
         """
         frame = self.prepare(frame)
         logits = self.predict_logits(frame, batch_size)
@@ -270,6 +328,74 @@ class MultiTaskModel(nn.Module):
             out[f"{row.task}_{row.metric}"] = float(row.value)
         return out
 
+    # ------------------------------------------------------------------ calibration
+    @property
+    def calibrated(self) -> bool:
+        """True when a non-identity calibration map is applied by :meth:`predict` / evaluate."""
+        a, b = self.calibration[:, 0], self.calibration[:, 1]
+        return bool(((a != 1) | (b != 0)).any())
+
+    def calibrate_logits(self, logits: Tensor) -> Tensor:
+        """Calibrated logits ``a_t · z + b_t`` ``[B, T]`` (identity columns are left as is)."""
+        return apply_calibration(logits, self.calibration)
+
+    def calibrate(
+        self,
+        val: TensorFrame | pd.DataFrame,
+        method: str = "temperature",
+        batch_size: int = 8192,
+        min_rows: int = 50,
+    ) -> MultiTaskModel:
+        """Fit a monotone map ``z → a·z + b`` (``a > 0``) of each binary task's conditional logit.
+
+        Minimises the log loss of the conditional probability on the task's observed rows of
+        ``val`` (all rows for a root task, rows where the parent's joint label is 1 for a child),
+        in float64 on the cached logits; the network is not touched and rankings never change.
+        :meth:`predict` and :meth:`evaluate` then use calibrated conditionals and their products
+        as joints; :meth:`forward`, training and :meth:`validation_metrics` never do. The map is
+        a buffer saved by :meth:`save_pretrained`. Regression tasks keep the identity, and so do
+        binary tasks with fewer than ``min_rows`` observed rows or one class (with a warning).
+
+        Args:
+            val: held-out data with labels (a TensorFrame or a DataFrame with label columns).
+            method: ``"temperature"`` (``a = 1/T``, ``b = 0``), ``"platt"`` (``a`` and ``b``)
+                or ``"none"`` (reset to the identity).
+            batch_size: rows per forward pass.
+            min_rows: fewest observed rows a task needs to be fitted.
+
+        Returns:
+            ``self``.
+        """
+        if method not in CALIBRATION_METHODS:
+            raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
+        frame = self._as_frame(val)
+        if "labels" not in frame:
+            raise ValueError(
+                "calibrate needs labels: pass validation data with the tasks' label columns"
+            )
+        logits = self.predict_logits(frame, batch_size)
+        params, skipped = fit_calibration(
+            logits, frame["labels"], self.parents, self.binary, method, min_rows
+        )
+        if skipped:
+            names = ", ".join(f"{self.tasks[t].name!r} ({why})" for t, why in skipped.items())
+            warnings.warn(f"calibration left these tasks uncalibrated: {names}", stacklevel=2)
+        with torch.no_grad():
+            self.calibration.copy_(params.to(self.calibration))
+        self.calibration_method = None if method == "none" else method
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before calibration existed carry no map: load them as uncalibrated.
+        key = prefix + "calibration"
+        if key not in state_dict:
+            state_dict[key] = identity_calibration(len(self.tasks)).to(self.calibration)
+            self.calibration_method = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"supervision={self.supervision!r}, calibration={self.calibration_method!r}"
+
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         """JSON-able description of the architecture (``config.json``)."""
@@ -282,6 +408,9 @@ class MultiTaskModel(nn.Module):
             "head": registered_config(self.head, "head"),
             "balancer": registered_config(self.balancer, "balancer"),
             "supervision": self.supervision,
+            "counterfactual": self.counterfactual,
+            "counterfactual_weight": self.counterfactual_weight,
+            "calibration": self.calibration_method,
         }
 
     def _excluded_keys(self) -> list[str]:
@@ -358,12 +487,18 @@ class MultiTaskModel(nn.Module):
             fusion=build_registered("fusion", config["fusion"]),
             supervision=config["supervision"],
             balancer=build_registered("balancer", config["balancer"]),
+            counterfactual=config.get("counterfactual"),
+            counterfactual_weight=config.get("counterfactual_weight", 0.1),
         )
         state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
         expected = model.state_dict()
         excluded = tuple(model._excluded_keys())
         missing = [
-            k for k in expected if k not in state and not (excluded and k.startswith(excluded))
+            k
+            for k in expected
+            if k not in state
+            and not (excluded and k.startswith(excluded))
+            and k != "calibration"  # saved before calibration existed: loads as identity
         ]
         unexpected = [k for k in state if k not in expected]
         wrong = [
@@ -377,14 +512,18 @@ class MultiTaskModel(nn.Module):
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}"
             )
         model.load_state_dict(state, strict=False)
+        method = config.get("calibration")
+        if method not in (None, *CALIBRATION_METHODS):
+            raise CheckpointError(f"unknown calibration method {method!r} in {CONFIG_NAME}")
+        model.calibration_method = method if "calibration" in state else None
         return model.to(map_location)
 
 
 def _schema_diff(a: Schema, b: Schema) -> str:
     da, db = a.to_dict(), b.to_dict()
     diffs = []
-    for key in ("features", "tasks", "group", "dense_stats"):
-        if da[key] != db[key]:
+    for key in ("features", "tasks", "group", "dense_stats", "funnel_stats"):
+        if da.get(key) != db.get(key):
             diffs.append(key)
     va, vb = da["vocabularies"] or {}, db["vocabularies"] or {}
     for name in sorted(set(va) | set(vb)):
@@ -393,49 +532,3 @@ def _schema_diff(a: Schema, b: Schema) -> str:
             nb = None if name not in vb else len(vb[name]["values"] or []) or vb[name]["buckets"]
             diffs.append(f"vocabulary of {name!r} ({na} vs {nb} entries)")
     return "; ".join(diffs) or "unknown difference"
-
-
-def evaluate_funnel(
-    tasks: list,
-    parents: list[int | None],
-    cond: Tensor,
-    joint: Tensor,
-    labels: Tensor,
-    groups: Tensor | None = None,
-) -> pd.DataFrame:
-    """Tidy funnel metrics (see :meth:`MultiTaskModel.evaluate`); inputs ``[N, T]`` / ``[N]``."""
-    from .. import metrics as M
-
-    def safe(fn, *args) -> float:
-        try:
-            return float(fn(*args))
-        except ValueError:
-            return float("nan")
-
-    y = labels.float().cpu().numpy()
-    p = cond.cpu().numpy().astype(np.float64)
-    q = joint.cpu().numpy().astype(np.float64)
-    g = groups.cpu().numpy() if groups is not None else None
-    joint_y = np.zeros_like(y)
-    rows = []
-    for j, t in enumerate(tasks):
-        par = parents[j]
-        joint_y[:, j] = y[:, j] if par is None else y[:, j] * joint_y[:, par]
-        sel = np.ones(len(y), dtype=bool) if par is None else joint_y[:, par] == 1
-        n = int(sel.sum())
-        if not t.binary:
-            mse = float(np.mean((p[sel, j] - y[sel, j]) ** 2)) if n else float("nan")
-            rows += [(t.name, "mse", mse, n), (t.name, "rmse", mse**0.5, n)]
-            continue
-        ys, ps = y[sel, j], p[sel, j]
-        rows.append((t.name, "auc", safe(M.auc, ys, ps) if n else float("nan"), n))
-        if g is not None:
-            rows.append((t.name, "gauc", safe(M.gauc, ys, ps, g[sel]) if n else float("nan"), n))
-        rows.append((t.name, "logloss", safe(M.logloss, ys, ps) if n else float("nan"), n))
-        rows.append(
-            (t.name, "calibration", safe(M.calibration_ratio, ys, ps) if n else float("nan"), n)
-        )
-        if par is not None:
-            rows.append((t.joint, "auc", safe(M.auc, joint_y[:, j], q[:, j]), len(y)))
-            rows.append((t.joint, "logloss", safe(M.logloss, joint_y[:, j], q[:, j]), len(y)))
-    return pd.DataFrame(rows, columns=["task", "metric", "value", "rows"])

@@ -8,7 +8,9 @@ protocol (subclass :class:`Head`)::
         def forward(self, x: Tensor) -> Tensor: ...                 # [B, in_dim] -> [B, num_tasks]
         def to_config(self) -> dict: ...                            # constructor kwargs
 
-Register it with ``@rm.register("head", "my_head")`` to save and load models that use it.
+Register it with ``@rm.register("head", "my_head")`` to save and load models that use it. A head
+whose ``build`` accepts a ``parents`` keyword (the parent index of each task, ``None`` for roots)
+is given the funnel by the model, as :class:`~recsys_mt.tasks.AITM` is.
 
 Speed: all experts of a layer run as one batched matrix multiply (``baddbmm`` over a
 ``[G, B, d]`` stack) and the first expert layer of MMoE shares one GEMM with the gates, instead

