@@ -133,6 +133,8 @@ def recsys_schema(variant: str) -> tuple[rm.Schema, list | None]:
             rm.Dense("year", nan="mean"),
             rm.Dense("hist_len", transform="log1p"),
         ]
+        if variant != "full-nostats":
+            features.append(rm.FunnelStats("movie_stats", entity="movie_id"))
         encoders = [rm.IDEmbedding(), rm.DenseEncoder()]
         path = minilm_path()
         if path is not None:

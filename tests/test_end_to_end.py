@@ -44,31 +44,24 @@ def schema():
     )
 
 
-def test_mmoe_reaches_oracle_auc(funnel, supervision="entire_space"):
-    """The default (ESMM-style) model gets within 0.02 AUC of the oracle on every task.
+def test_mmoe_reaches_oracle_auc(funnel):
+    """The library's defaults (only the sizes set) get within 0.02 AUC of the oracle on every
+    task: entire-space supervision, id dropout, ``EarlyStopping()`` on the mean stage AUC,
+    Platt calibration after fit.
 
-    Measured: gaps 0.014 (ctr), 0.013 (cvr), 0.008 (repurchase). Conditional supervision is
-    checked against a hand-computed loss in test_model.py (here it lands at 0.021 / 0.007 /
-    0.006).
+    Measured: gaps 0.014 (ctr), 0.008 (cvr), 0.010 (repurchase).
     """
     train_df, val_df, test_df = funnel
     s = schema()
     train = s.fit_transform(train_df)
     torch.manual_seed(0)
     model = rm.MultiTaskModel(
-        s,
-        encoders=[rm.IDEmbedding(interactions=True), rm.DenseEncoder()],
-        head=rm.MMoE(num_experts=4, expert_dims=(64, 32), tower_dims=(32,)),
-        supervision=supervision,
-        balancer=rm.UncertaintyWeighting(),
+        s, head=rm.MMoE(num_experts=4, expert_dims=(64, 32), tower_dims=(32,))
     )
-    rm.Trainer(
-        max_epochs=10,
-        batch_size=1024,
-        lr=3e-3,
-        progress_bar=False,
-        callbacks=[rm.EarlyStopping("val/loss", patience=2)],
-    ).fit(model, train, s.transform(val_df))
+    trainer = rm.Trainer(max_epochs=20, progress_bar=False, callbacks=[rm.EarlyStopping()])
+    trainer.fit(model, train, s.transform(val_df))
+    assert trainer.callbacks[0].monitor == "val/auc_mean"
+    assert model.calibrated  # auto_calibrate="platt" ran on the validation frame
     pred = model.predict(s.transform(test_df))
     rows = {
         "ctr": np.ones(len(test_df), bool),
@@ -81,5 +74,5 @@ def test_mmoe_reaches_oracle_auc(funnel, supervision="entire_space"):
         y = test_df[labels[task]].values[sel]
         oracle = auc(y, test_df[f"true_{task}"].values[sel])
         gaps[task] = oracle - auc(y, pred[task].values[sel])
-    print(supervision, {k: round(v, 4) for k, v in gaps.items()})
+    print({k: round(v, 4) for k, v in gaps.items()})
     assert all(g < 0.02 for g in gaps.values()), gaps

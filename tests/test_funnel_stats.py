@@ -146,13 +146,14 @@ def test_hand_computed_tables_and_unknown_entity():
 
 def test_out_of_fold_with_one_row_per_fold_is_leave_one_out():
     df = tiny_df()
-    schema = fs_schema(smoothing=2.0, folds=len(df))
+    schema = fs_schema(smoothing=2.0, folds=len(df), unseen_rate=0.0)
     frame = schema.fit_transform(df)
     g = df.groupby("user_id")
-    ctr_num = g.click.transform("sum") - df.click  # everything except the row itself
-    ctr_den = g.click.transform("size") - 1
+    s = len(df) / (len(df) - 1)  # out-of-fold sums are scaled to the full tables' size
+    ctr_num = (g.click.transform("sum") - df.click) * s  # everything except the row itself
+    ctr_den = (g.click.transform("size") - 1) * s
     joint = df.click * df.purchase
-    cvr_num = joint.groupby(df.user_id).transform("sum") - joint
+    cvr_num = (joint.groupby(df.user_id).transform("sum") - joint) * s
     cvr_den = ctr_num
 
     def rate(num, den, prior):  # logit of (num + 2·prior) / (den + 2)
@@ -169,7 +170,9 @@ def test_out_of_fold_with_one_row_per_fold_is_leave_one_out():
         axis=1,
     )
     # row 0 by hand: the other a-rows have clicks 1, 0, 1 and no purchase
-    np.testing.assert_allclose(raw[0], [logit(3 / 5), math.log1p(3), logit(1 / 6), math.log1p(2)])
+    expected = [logit((2 * s + 1) / (3 * s + 2)), math.log1p(3 * s)]
+    expected += [logit((2 / 3) / (2 * s + 2)), math.log1p(2 * s)]
+    np.testing.assert_allclose(raw[0], expected)
     std = raw.std(axis=0)
     table = schema.funnel_stats_["fs"]
     np.testing.assert_allclose(table.mean, raw.mean(axis=0), rtol=1e-12)
@@ -181,7 +184,7 @@ def test_out_of_fold_with_one_row_per_fold_is_leave_one_out():
 
 def test_time_ordered_values_by_hand():
     df = tiny_df()  # times a: 0, 1, 1, 2; b: 0, 1
-    schema = fs_schema(smoothing=2.0, time_column="t")
+    schema = fs_schema(smoothing=2.0, time_column="t", unseen_rate=0.0)
     frame = schema.fit_transform(df)
     table = schema.funnel_stats_["fs"]
     raw = frame["dense"].double().numpy() * table.std + table.mean
@@ -197,7 +200,7 @@ def test_time_ordered_values_by_hand():
     np.testing.assert_allclose(raw, expected, atol=1e-5)
     # the row order does not matter
     perm = [5, 2, 0, 4, 3, 1]
-    again = fs_schema(smoothing=2.0, time_column="t").fit_transform(df.iloc[perm])
+    again = fs_schema(smoothing=2.0, time_column="t", unseen_rate=0.0).fit_transform(df.iloc[perm])
     torch.testing.assert_close(again["dense"], frame["dense"][perm])
 
 
@@ -309,3 +312,22 @@ def test_bad_frames_raise_before_state_changes():
     assert schema.transform(df.iloc[:3][["user_id"]])["dense"].shape == (3, 4)
     with pytest.raises(SchemaError, match="entity column 'user_id' of FunnelStats.*str ids"):
         schema.transform(pd.DataFrame({"user_id": [1, 2]}))
+
+
+def test_unseen_rate_rows_get_the_unknown_entity_values():
+    rng = np.random.default_rng(1)
+    click = (rng.random(10_000) < 0.3).astype(int)
+    df = pd.DataFrame(  # 200 entities with 50 rows each: out-of-fold counts are never 0
+        {"user_id": np.repeat(np.arange(200), 50), "click": click, "purchase": click}
+    )
+    schema = fs_schema(unseen_rate=0.2, seed=3)
+    frame = schema.fit_transform(df)
+    table = schema.funnel_stats_["fs"]
+    raw = frame["dense"].double().numpy() * table.std + table.mean
+    unknown = df.assign(user_id=-1)  # an entity value never seen at fit
+    expected = table.raw_values(unknown.iloc[:1])[0]
+    is_unknown = np.isclose(raw, expected, atol=1e-4).all(axis=1)  # float32 round trip
+    assert abs(is_unknown.mean() - 0.2) < 0.03
+    none = fs_schema(unseen_rate=0.0, seed=3).fit_transform(df)
+    raw0 = none["dense"].double().numpy()
+    assert not np.allclose(raw0, frame["dense"].double().numpy())

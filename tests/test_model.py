@@ -133,10 +133,12 @@ def test_sparse_and_dense_gradients_agree():
     model = rm.MultiTaskModel(schema)
     batch = schema.transform(df).take(torch.arange(64))
     model.param_groups(sparse=False)
+    torch.manual_seed(5)  # the same id-dropout draws in both passes
     model.training_step(batch)["loss"].backward()
     dense = [p.grad.clone() for p in model.encoders[0].tables]
     model.zero_grad(set_to_none=True)
     model.param_groups(sparse=True)
+    torch.manual_seed(5)
     model.training_step(batch)["loss"].backward()
     for g, p in zip(dense, model.encoders[0].tables):
         assert p.grad.is_sparse

@@ -4,6 +4,12 @@ Run ``python -m recsys_mt.demo`` (``--json`` ends the output with one JSON line)
 data come with each row's true probabilities, so every task's AUC is printed next to the
 oracle AUC — the AUC of the true probability — on the same rows: CTR on all test impressions,
 CVR on clicked rows, repurchase on purchased rows.
+
+The model is the library's defaults with only the sizes set. The default world (200 users,
+200 items, 400,000 impressions: about 1,600 training impressions per user) is observed often
+enough that the gap to the oracle measures the model; with five times more users and the same
+impressions (300 per user, a few dozen clicks) every configuration tried lands 0.03-0.04 below
+the oracle, which then measures how little data there is per user, not the model.
 """
 
 from __future__ import annotations
@@ -68,11 +74,11 @@ def oracle_table(test, pred) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m recsys_mt.demo", description=__doc__.split("\n")[0])
     p.add_argument("--impressions", type=int, default=400_000)
-    p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--items", type=int, default=500)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--users", type=int, default=200)
+    p.add_argument("--items", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--head", choices=sorted(HEADS), default="mmoe")
     p.add_argument("--supervision", choices=["entire_space", "conditional"], default="entire_space")
     p.add_argument("--seed", type=int, default=0)
@@ -100,19 +106,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     torch.manual_seed(args.seed)
-    model = rm.MultiTaskModel(
-        schema,
-        encoders=[rm.IDEmbedding(interactions=True), rm.DenseEncoder()],
-        head=HEADS[args.head](),
-        supervision=args.supervision,
-        balancer=rm.UncertaintyWeighting(),
-    )
+    # the library's defaults, only the sizes set
+    model = rm.MultiTaskModel(schema, head=HEADS[args.head](), supervision=args.supervision)
     trainer = rm.Trainer(
         max_epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
-        callbacks=[rm.EarlyStopping("val/loss", patience=1)],
+        callbacks=[rm.EarlyStopping()],
         progress_bar=not args.no_progress,
     )
     trainer.fit(model, train, val)

@@ -199,6 +199,14 @@ class FunnelStats(Feature):
             rows with a strictly earlier time value instead of out-of-fold ones.
         counts: also output the ``log1p`` exposure count per task.
         seed: seed of the random fold assignment.
+        unseen_rate: share of training rows (drawn with ``seed``) given the values of an
+            entity unseen at fit (the prior rate and count 0), as new items and users get them
+            at serving time; without such rows the model never learns what those values mean
+            and extrapolates on them.
+
+    Out-of-fold sums cover ``(folds − 1) / folds`` of the training rows; they are scaled by
+    ``folds / (folds − 1)`` so that counts (and the weight of the evidence against the prior)
+    match the full tables that validation and serving rows see.
     """
 
     kind: ClassVar[str] = "funnel_stats"
@@ -209,10 +217,14 @@ class FunnelStats(Feature):
     time_column: str | None = None
     counts: bool = True
     seed: int = 0
+    unseen_rate: float = 0.1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         who = f"FunnelStats({self.name!r})"
+        if not isinstance(self.unseen_rate, numbers.Real) or not 0 <= self.unseen_rate < 1:
+            raise ValueError(f"{who}: unseen_rate must be in [0, 1), got {self.unseen_rate!r}")
+        self.unseen_rate = float(self.unseen_rate)
         cols = [self.entity] if isinstance(self.entity, str) else list(self.entity)
         if not cols or not all(isinstance(c, str) and c for c in cols):
             raise ValueError(f"{who}: entity must be a column name or a non-empty list of them")

@@ -253,8 +253,12 @@ class FunnelTable:
         prior = np.clip(prior, PRIOR_EPS, 1 - PRIOR_EPS)
         if time_rank is None:
             seen = _out_of_fold(codes, weights, spec.folds, spec.seed)
+            seen *= spec.folds / (spec.folds - 1)  # the full tables' scale
         else:
             seen = _time_ordered(codes, weights, time_rank)
+        if spec.unseen_rate:  # rows that see what an unknown entity gets at serving time
+            rng = np.random.default_rng([spec.seed, 1])
+            seen[rng.random(len(df)) < spec.unseen_rate] = 0.0
         raw = _raw(seen[:, :k], seen[:, k:], prior, spec.smoothing, spec.counts)
         std = raw.std(axis=0)
         names = [t.name for t in chosen]

@@ -83,7 +83,7 @@ class IDEmbedding(Encoder):
         init_std: float = 0.05,
         interactions: bool = False,
         lr_scale: float = 1.0,
-        id_dropout: float = 0.0,
+        id_dropout: float = 0.1,
     ):
         super().__init__()
         bad = [p for p in sequence_pooling if p not in POOLINGS]

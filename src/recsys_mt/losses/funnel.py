@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SUPERVISIONS = ("entire_space", "conditional", "both")
+SUPERVISIONS = ("entire_space", "conditional")
 
 
 def log1mexp(a: Tensor) -> Tensor:
@@ -72,7 +72,7 @@ def funnel_losses(
     joint_labels = []
     for t, p in enumerate(parents):
         joint_labels.append(labels[:, t] if p is None else labels[:, t] * joint_labels[p])
-    need_chain = supervision in ("entire_space", "both") and any(
+    need_chain = supervision == "entire_space" and any(
         p is not None and binary[t] for t, p in enumerate(parents)
     )
     log_q = chain_log_probs(logits, parents) if need_chain else None
@@ -84,17 +84,13 @@ def funnel_losses(
             losses.append(err.mean() if p is None else _masked_mean(err, joint_labels[p]))
         elif p is None:
             losses.append(F.binary_cross_entropy_with_logits(z, y))
+        elif supervision == "entire_space":
+            yq = joint_labels[t]
+            lq = log_q[:, t]
+            losses.append(-(yq * lq + (1 - yq) * log1mexp(lq)).mean())
         else:
-            loss = None
-            if supervision in ("entire_space", "both"):
-                yq = joint_labels[t]
-                lq = log_q[:, t]
-                loss = -(yq * lq + (1 - yq) * log1mexp(lq)).mean()
-            if supervision in ("conditional", "both"):
-                bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
-                cond = _masked_mean(bce, joint_labels[p])
-                loss = cond if loss is None else loss + cond
-            losses.append(loss)
+            bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+            losses.append(_masked_mean(bce, joint_labels[p]))
     return losses
 
 

@@ -55,6 +55,12 @@ class MultiTaskModel(nn.Module):
             risk (:mod:`recsys_mt.losses.counterfactual`) to the training loss of every binary
             child task whose parent chain is binary; see :meth:`losses`.
         counterfactual_weight: multiplier of that risk (default 0.1).
+        auto_calibrate: calibration method (``"platt"``, ``"temperature"``) that
+            :meth:`after_fit` applies on the validation frame at the end of
+            :meth:`Trainer.fit <recsys_mt.train.Trainer.fit>`, or ``None`` to leave
+            probabilities as trained. Platt scaling by default: embeddings over-fit training
+            users and items, and new ones at serving time get over-confident scores whose log
+            loss a per-task ``a·z + b`` repairs without changing any ranking.
 
     Outputs: :meth:`forward` gives logits ``[B, T]`` in ``schema.tasks`` order; each binary
     logit is the *conditional* log-odds given the parent task. :meth:`predict` returns the
@@ -76,6 +82,7 @@ class MultiTaskModel(nn.Module):
         balancer: Balancer | None = None,
         counterfactual: str | None = None,
         counterfactual_weight: float = 0.1,
+        auto_calibrate: str | None = "platt",
     ):
         super().__init__()
         if not isinstance(schema, Schema):
@@ -128,6 +135,11 @@ class MultiTaskModel(nn.Module):
         # weights, applied by predict / evaluate only (never by forward or training).
         self.register_buffer("calibration", identity_calibration(len(schema.tasks)))
         self.calibration_method: str | None = None
+        if auto_calibrate not in (None, *CALIBRATION_METHODS) or auto_calibrate == "none":
+            raise ValueError(
+                f"auto_calibrate must be None, 'platt' or 'temperature', got {auto_calibrate!r}"
+            )
+        self.auto_calibrate = auto_calibrate
 
     # ------------------------------------------------------------------ forward
     @property
@@ -326,7 +338,22 @@ class MultiTaskModel(nn.Module):
         )
         for row in table.itertuples(index=False):
             out[f"{row.task}_{row.metric}"] = float(row.value)
+        aucs = [out[f"{t.name}_auc"] for t in self.tasks if t.binary]
+        aucs = [a for a in aucs if a == a]  # tasks with one class in validation are NaN
+        out["auc_mean"] = float(np.mean(aucs)) if aucs else float("nan")
         return out
+
+    @property
+    def default_monitor(self) -> str:
+        """What ``EarlyStopping()`` watches by default: ``"val/auc_mean"`` (mean stage AUC)
+        when there is a binary task, else ``"val/loss"``."""
+        return "val/auc_mean" if any(self.binary) else "val/loss"
+
+    def after_fit(self, val: TensorFrame | None) -> None:
+        """Trainer protocol, at the end of fit: :meth:`calibrate` on ``val`` with
+        ``auto_calibrate`` (nothing without a validation frame or with ``auto_calibrate=None``)."""
+        if self.auto_calibrate is not None and val is not None and "labels" in val:
+            self.calibrate(val, method=self.auto_calibrate)
 
     # ------------------------------------------------------------------ calibration
     @property
@@ -411,6 +438,7 @@ class MultiTaskModel(nn.Module):
             "counterfactual": self.counterfactual,
             "counterfactual_weight": self.counterfactual_weight,
             "calibration": self.calibration_method,
+            "auto_calibrate": self.auto_calibrate,
         }
 
     def _excluded_keys(self) -> list[str]:
@@ -489,6 +517,7 @@ class MultiTaskModel(nn.Module):
             balancer=build_registered("balancer", config["balancer"]),
             counterfactual=config.get("counterfactual"),
             counterfactual_weight=config.get("counterfactual_weight", 0.1),
+            auto_calibrate=config.get("auto_calibrate"),
         )
         state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
         expected = model.state_dict()

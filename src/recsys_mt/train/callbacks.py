@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from .trainer import Trainer
 
-__all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "resolve_mode"]
+__all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "resolve_mode", "resolve_monitor"]
 
 _MAX_WORDS = ("auc", "ndcg", "recall", "hit", "mrr", "accuracy", "precision", "f1")
 
@@ -61,6 +61,14 @@ def _improved(current: float, best: float | None, mode: str, min_delta: float) -
     if mode == "min":
         return current < best - min_delta
     return current > best + min_delta
+
+
+def resolve_monitor(monitor: str, model: nn.Module) -> str:
+    """``monitor`` itself, or for ``"auto"`` the model's ``default_monitor`` attribute
+    (``"val/loss"`` when it has none)."""
+    if monitor != "auto":
+        return monitor
+    return str(getattr(model, "default_monitor", None) or "val/loss")
 
 
 def _monitored(trainer: Trainer, monitor: str, who: str) -> float:
@@ -132,7 +140,13 @@ class EarlyStopping(Callback):
     too (it doubles their size) and a resumed run restores the same weights.
 
     Args:
-        monitor: a logged key, e.g. ``"val/loss"``, ``"val/ctr_auc"``, ``"train/loss"``.
+        monitor: a logged key, e.g. ``"val/loss"``, ``"val/ctr_auc"``, ``"train/loss"``, or
+            ``"auto"``: the model's ``default_monitor`` (see :func:`resolve_monitor`). For a
+            :class:`~recsys_mt.model.MultiTaskModel` that is ``"val/auc_mean"``, the mean AUC of
+            the funnel stages, each on its own rows: the summed validation loss is dominated by
+            the first stage, whose log loss starts rising (over-confidence) epochs before the
+            deeper stages stop improving, so it stops training with CVR and repurchase
+            under-trained (and log loss is the calibration's job, after training).
         mode: ``"min"``, ``"max"`` or ``"auto"`` (see :func:`resolve_mode`).
         patience: epochs without improvement before stopping (>= 1).
         min_delta: an improvement must exceed this margin.
@@ -146,7 +160,7 @@ class EarlyStopping(Callback):
 
     def __init__(
         self,
-        monitor: str = "val/loss",
+        monitor: str = "auto",
         mode: str = "auto",
         patience: int = 3,
         min_delta: float = 0.0,
@@ -156,8 +170,11 @@ class EarlyStopping(Callback):
             raise ValueError(f"patience must be >= 1, got {patience}")
         if min_delta < 0:
             raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+        self._monitor_arg, self._mode_arg = monitor, mode
         self.monitor = monitor
-        self.mode = resolve_mode(monitor, mode)
+        self.mode = resolve_mode(monitor, mode) if monitor != "auto" else mode
+        if mode not in ("min", "max", "auto"):
+            raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
         self.patience = int(patience)
         self.min_delta = float(min_delta)
         self.restore_best_weights = restore_best_weights
@@ -172,6 +189,8 @@ class EarlyStopping(Callback):
 
     def on_fit_start(self, trainer: Trainer, model: nn.Module) -> None:
         self._reset()
+        self.monitor = resolve_monitor(self._monitor_arg, model)
+        self.mode = resolve_mode(self.monitor, self._mode_arg)
 
     def on_train_epoch_end(self, trainer: Trainer, model: nn.Module) -> None:
         current = _monitored(trainer, self.monitor, "EarlyStopping")

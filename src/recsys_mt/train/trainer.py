@@ -15,6 +15,14 @@ The trainer imports no model class. It drives any :class:`torch.nn.Module` that 
     on the training device, under :func:`torch.inference_mode`; ``frame`` is on that device
     when it fits there (see ``data_on_device``), otherwise on the CPU, and the model moves its
     batches. Returned keys are logged as ``val/<key>``.
+``after_fit(val) -> None`` (optional)
+    Called once at the end of :meth:`Trainer.fit`, after the callbacks' ``on_fit_end`` (so after
+    :class:`~recsys_mt.train.EarlyStopping` restored the best weights), with the validation
+    frame (or ``None``), in eval mode under :func:`torch.inference_mode`.
+    :class:`~recsys_mt.model.MultiTaskModel` calibrates its probabilities there.
+``default_monitor`` (optional attribute)
+    The metric :class:`~recsys_mt.train.EarlyStopping` and
+    :class:`~recsys_mt.train.ModelCheckpoint` watch when created with ``monitor="auto"``.
 ``param_groups(sparse) -> list[dict]`` (optional)
     Parameter groups ``{"params": [...], "sparse": bool, "lr_scale": float,
     "weight_decay": float | None}`` (all but ``params`` optional). Groups flagged sparse hold
@@ -775,6 +783,12 @@ class Trainer:
                 if self.should_stop:
                     break
             self._call("on_fit_end")
+            after_fit = getattr(model, "after_fit", None)  # optional protocol
+            if after_fit is not None:
+                with torch.inference_mode():
+                    model.eval()
+                    after_fit(val_frame)
+                    model.train()
         finally:
             self._ddp = None
             if self.is_global_zero:
