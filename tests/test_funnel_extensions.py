@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_model import funnel_df as model_funnel_df
 
 import recsys_mt as rm
 from recsys_mt.data.synthetic import make_funnel_data
@@ -174,19 +175,7 @@ def test_dr_gradients_are_separated():
 
 
 def funnel_df(n=300, seed=0):
-    rng = np.random.default_rng(seed)
-    click = (rng.random(n) < 0.4).astype(int)
-    buy = click * (rng.random(n) < 0.5)
-    return pd.DataFrame(
-        {
-            "user_id": rng.integers(0, 20, n),
-            "item_id": rng.integers(0, 30, n),
-            "price": rng.lognormal(2, 1, n),
-            "click": click,
-            "purchase": buy,
-            "repurchase": buy * (rng.random(n) < 0.5),
-        }
-    )
+    return model_funnel_df(n, seed)  # user_id, item_id, price and the funnel labels
 
 
 def funnel_schema(df, tasks=None):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import warnings
 from pathlib import Path
@@ -19,7 +18,6 @@ from ..data.frame import TensorFrame
 from ..data.schema import Schema
 from ..encoders import ConcatFusion, DenseEncoder, Encoder, Fusion, IDEmbedding
 from ..losses import SUPERVISIONS, Balancer, StaticWeights, chain_log_probs, funnel_losses
-from ..registry import build as build_registered
 from ..registry import to_config as registered_config
 from ..tasks import MMoE
 from ..tasks.heads import Head
@@ -27,15 +25,9 @@ from .calibration import METHODS as CALIBRATION_METHODS
 from .calibration import apply_calibration, fit_calibration, identity_calibration
 from .counterfactual import CounterfactualRegulariser, check_counterfactual
 from .evaluation import evaluate_funnel
+from .persistence import FORMAT_VERSION, CheckpointError, load_pretrained, save_pretrained
 
-CONFIG_NAME = "config.json"
-SCHEMA_NAME = "schema.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, malformed, or does not match the schema / config."""
+__all__ = ["CheckpointError", "MultiTaskModel"]
 
 
 class MultiTaskModel(nn.Module):
@@ -441,39 +433,13 @@ class MultiTaskModel(nn.Module):
             "auto_calibrate": self.auto_calibrate,
         }
 
-    def _excluded_keys(self) -> list[str]:
-        keys = []
-        for i, enc in enumerate(self.encoders):
-            fn = getattr(enc, "checkpoint_exclude", None)
-            if fn is not None:
-                keys += [f"encoders.{i}.{k}" for k in fn()]
-        return keys
-
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json``, ``schema.json`` and ``model.safetensors`` to ``directory``.
 
         Encoders may add files of their own (``save_extra(directory)``) and leave parameters
         out of the weights file (``checkpoint_exclude()`` prefixes, e.g. a frozen base model).
         """
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = self.config()
-        excluded = tuple(self._excluded_keys())
-        state = {
-            k: v.detach().cpu().contiguous()
-            for k, v in self.state_dict().items()
-            if not (excluded and k.startswith(excluded))
-        }
-        for enc in self.encoders:
-            fn = getattr(enc, "save_extra", None)
-            if fn is not None:
-                fn(directory)
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        self.schema.to_json(directory / SCHEMA_NAME)
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=1), encoding="utf-8")
-        return directory
+        return save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(
@@ -489,75 +455,4 @@ class MultiTaskModel(nn.Module):
         the differences. Weights whose names or shapes do not match the rebuilt architecture
         also raise :class:`CheckpointError`.
         """
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        for name in (CONFIG_NAME, SCHEMA_NAME, WEIGHTS_NAME):
-            if not (directory / name).is_file():
-                raise CheckpointError(f"{directory} is not a recsys_mt checkpoint: {name} missing")
-        config = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-        if config.get("library") != "recsys_mt" or config.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{directory / CONFIG_NAME} is not a recsys_mt v1 config")
-        saved = Schema.from_json(directory / SCHEMA_NAME)
-        if schema is not None and schema != saved:
-            raise CheckpointError(
-                "the given schema does not match the checkpoint's: " + _schema_diff(schema, saved)
-            )
-        encoders = [build_registered("encoder", c) for c in config["encoders"]]
-        for enc in encoders:
-            fn = getattr(enc, "load_extra", None)
-            if fn is not None:
-                fn(directory)
-        model = cls(
-            saved,
-            encoders=encoders,
-            head=build_registered("head", config["head"]),
-            fusion=build_registered("fusion", config["fusion"]),
-            supervision=config["supervision"],
-            balancer=build_registered("balancer", config["balancer"]),
-            counterfactual=config.get("counterfactual"),
-            counterfactual_weight=config.get("counterfactual_weight", 0.1),
-            auto_calibrate=config.get("auto_calibrate"),
-        )
-        state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
-        expected = model.state_dict()
-        excluded = tuple(model._excluded_keys())
-        missing = [
-            k
-            for k in expected
-            if k not in state
-            and not (excluded and k.startswith(excluded))
-            and k != "calibration"  # saved before calibration existed: loads as identity
-        ]
-        unexpected = [k for k in state if k not in expected]
-        wrong = [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in state
-            if k in expected and state[k].shape != expected[k].shape
-        ]
-        if missing or unexpected or wrong:
-            raise CheckpointError(
-                f"weights in {directory / WEIGHTS_NAME} do not match the architecture: "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}"
-            )
-        model.load_state_dict(state, strict=False)
-        method = config.get("calibration")
-        if method not in (None, *CALIBRATION_METHODS):
-            raise CheckpointError(f"unknown calibration method {method!r} in {CONFIG_NAME}")
-        model.calibration_method = method if "calibration" in state else None
-        return model.to(map_location)
-
-
-def _schema_diff(a: Schema, b: Schema) -> str:
-    da, db = a.to_dict(), b.to_dict()
-    diffs = []
-    for key in ("features", "tasks", "group", "dense_stats", "funnel_stats"):
-        if da.get(key) != db.get(key):
-            diffs.append(key)
-    va, vb = da["vocabularies"] or {}, db["vocabularies"] or {}
-    for name in sorted(set(va) | set(vb)):
-        if va.get(name) != vb.get(name):
-            na = None if name not in va else len(va[name]["values"] or []) or va[name]["buckets"]
-            nb = None if name not in vb else len(vb[name]["values"] or []) or vb[name]["buckets"]
-            diffs.append(f"vocabulary of {name!r} ({na} vs {nb} entries)")
-    return "; ".join(diffs) or "unknown difference"
+        return load_pretrained(cls, directory, schema, map_location)
