@@ -510,3 +510,24 @@ def test_minilm_vectors_are_sentence_embeddings():
     )
     order = [tower._row_of[t] - 1 for t in texts]
     torch.testing.assert_close(v[order], ref.cpu(), atol=1e-4, rtol=1e-4)
+
+
+def test_text_tower_gradients_are_deterministic_with_threads(tiny_bert):
+    """Repeated rows of a batch share one projected text vector; their gradients are summed
+    with ``index_select``'s backward (``index_add_``), which is deterministic on the CPU with
+    several threads (advanced indexing's ``index_put_`` accumulation is not)."""
+    df = make_df(n=4096, n_items=30)
+    model, tower, frame = build(tiny_bert, df, projection_dim=64)
+    batch = frame.take(torch.arange(4096))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model.eval()  # no id dropout: the same forward every time
+        grads = []
+        for _ in range(10):
+            model.zero_grad(set_to_none=True)
+            model.training_step(batch)["loss"].backward()
+            grads.append(tower.proj.weight.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

@@ -710,11 +710,11 @@ class BertTextTower(Encoder):
             )
         if self.history is None:
             uniq, inv = torch.unique(rows, return_inverse=True)
-            return self._vectors(uniq)[inv]
+            return self._vectors(uniq).index_select(0, inv)
         hist_rows = self.item_rows[batch[f"seq/{self.history}"]]  # [B, L]; 0 = no text
         both = torch.cat([rows, hist_rows.flatten()])
         uniq, inv = torch.unique(both, return_inverse=True)
-        vec = self._vectors(uniq)[inv]  # [B + B*L, d]
+        vec = self._vectors(uniq).index_select(0, inv)  # [B + B*L, d]
         row_vec = vec[: rows.shape[0]]
         hist_vec = vec[rows.shape[0] :].view(*hist_rows.shape, -1)  # [B, L, d]
         return torch.cat([row_vec, masked_mean(hist_vec, hist_rows != MISSING_ROW)], dim=-1)
