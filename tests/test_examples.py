@@ -58,3 +58,17 @@ def test_diversity_tradeoff_example_synthetic():
     # strong diversification raises diversity
     assert by["mmr", 0.3]["ild"] > by["mmr", 1.0]["ild"]
     assert by["coverage", 0.9]["coverage"] > by["coverage", 0.0]["coverage"]
+
+
+def test_deep_funnel_example(tmp_path):
+    plot = tmp_path / "reliability.png"
+    results = load("deep_funnel").main(
+        ["--impressions", "30000", "--epochs", "2", "--plot", str(plot)]
+    )
+    assert set(results) == {"mmoe", "aitm"}
+    for r in results.values():
+        cal, raw = r["calibrated"], r["raw"]
+        assert cal["ctr", "auc"] == raw["ctr", "auc"]  # calibration never changes a ranking
+        assert cal["ctr", "auc"] > 0.6
+        assert cal["ctr", "logloss"] <= raw["ctr", "logloss"] + 0.005
+    assert plot.stat().st_size > 0
