@@ -204,7 +204,9 @@ class Schema:
         if stats is None:
             return x
         x = (x - stats["mean"]) / stats["std"]
-        return np.where(np.isnan(x), 0.0, x)  # 'mean' policy: the mean is 0 after scaling
+        # 'mean' policy: the training mean of the encoded values (0 after standardising; the raw
+        # mean with transform="none"; schemas saved before "fill" existed used 0)
+        return np.where(np.isnan(x), stats.get("fill", 0.0), x)
 
     def _labels(self, df: pd.DataFrame) -> np.ndarray:
         out = np.zeros((len(df), len(self.tasks)), dtype=np.float32)
@@ -290,12 +292,17 @@ class Schema:
         stats = {}
         for f in self.dense:
             x = self._dense_values(df, f, None)
+            seen = (~np.isnan(x)).any()
             if f.transform == "none":
-                stats[f.name] = {"mean": 0.0, "std": 1.0}
+                stats[f.name] = {
+                    "mean": 0.0,
+                    "std": 1.0,
+                    "fill": float(np.nanmean(x)) if seen else 0.0,
+                }
             else:
-                mean = float(np.nanmean(x)) if (~np.isnan(x)).any() else 0.0
-                std = float(np.nanstd(x)) if (~np.isnan(x)).any() else 1.0
-                stats[f.name] = {"mean": mean, "std": std if std > 1e-12 else 1.0}
+                mean = float(np.nanmean(x)) if seen else 0.0
+                std = float(np.nanstd(x)) if seen else 1.0
+                stats[f.name] = {"mean": mean, "std": std if std > 1e-12 else 1.0, "fill": 0.0}
         if has_labels and not self.funnel_stats:
             self._labels(df)  # validation only; fit_funnel_stats validates them itself
         funnel, train_funnel = fit_funnel_stats(self, df, has_labels)

@@ -76,7 +76,8 @@ class UncertaintyWeighting(Balancer):
     Learns ``s_t = log σ_t²`` per task and minimises
     ``Σ_t c_t · exp(−s_t) · L_t + s_t / 2`` with ``c_t = 1`` for classification (BCE) and
     ``c_t = 1/2`` for regression (MSE), the paper's likelihood-derived form. ``s_t`` starts at 0
-    (all weights 1 for BCE). Task weights ``Task.weight`` multiply ``L_t`` as well.
+    (all weights 1 for BCE). Task weights ``Task.weight`` multiply ``L_t`` as well; a task with
+    weight 0 contributes nothing (its ``s_t`` stays at the initial value).
     """
 
     def __init__(self, init_log_var: float = 0.0):
@@ -95,7 +96,10 @@ class UncertaintyWeighting(Balancer):
     def forward(self, losses: dict[str, Tensor]) -> Tensor:
         stacked = torch.stack([losses[n] for n in self.task_names])
         s = self.log_vars
-        return (self.scale * torch.exp(-s) * stacked + 0.5 * s).sum()
+        # a task with weight 0 has no loss term to balance: without the mask its s/2 alone would
+        # be minimised and s would run to -inf
+        active = (self.scale > 0).to(s.dtype)
+        return (self.scale * torch.exp(-s) * stacked + 0.5 * s * active).sum()
 
     def weights(self) -> dict[str, float]:
         w = (self.scale * torch.exp(-self.log_vars.detach())).tolist()

@@ -70,14 +70,36 @@ class Task:
 def order_tasks(tasks: list[Task]) -> list[Task]:
     """Validate a task list and return it with parents before children (stable otherwise).
 
-    Raises ``ValueError`` for duplicate names, a ``given=`` naming an unknown task, a cycle, or a
-    binary task given a regression task.
+    Raises ``ValueError`` for duplicate names, a joint-probability column named like a task or
+    another joint column (``Task("ctcvr")`` next to ``cvr`` given ``ctr``: both would be the
+    ``ctcvr`` prediction column), two tasks with the same label and parent, a ``given=`` naming
+    an unknown task, a cycle, or a binary task given a regression task.
     """
     names = [t.name for t in tasks]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"duplicate task names: {dup}")
     by_name = {t.name: t for t in tasks}
+    columns = list(names)
+    for t in tasks:
+        if t.given is not None and t.binary:
+            if t.joint in columns:
+                raise ValueError(
+                    f"Task({t.name!r}) has the joint-probability column {t.joint!r}, which is "
+                    f"already a task or joint column ({columns}); rename a task or pass "
+                    "joint_name="
+                )
+            columns.append(t.joint)
+    seen: dict[tuple, str] = {}
+    for t in tasks:
+        key = (t.label, t.given)
+        if key in seen:
+            raise ValueError(
+                f"Task({t.name!r}) and Task({seen[key]!r}) both predict label {t.label!r}"
+                + (f" given {t.given!r}" if t.given else "")
+                + "; one task per label and parent"
+            )
+        seen[key] = t.name
     for t in tasks:
         if t.given is not None and t.given not in by_name:
             raise ValueError(
