@@ -54,3 +54,38 @@ def test_task_and_joint_column_names_must_not_clash():
         [rm.Sparse("item_id")],
         tasks=[rm.Task("ctr", "click"), rm.Task("a", "buy", given="ctr"), rm.Task("b", "buy")],
     )
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (pd.Series([1, "1", 2], dtype=object), "mixes numeric and str ids"),
+        (pd.Series([b"a", b"b"], dtype=object), "bytes ids"),
+        (pd.Series([2**63 + 5, 3], dtype=np.uint64), "above 2\\^63 - 1"),
+        (pd.Series([2.0**63, 1.0]), "magnitude >= 2\\^63"),
+    ],
+)
+def test_ambiguous_id_columns_are_refused_naming_the_column(values, message):
+    df = pd.DataFrame({"item_id": values, "click": [1] + [0] * (len(values) - 1)})
+    schema = rm.Schema([rm.Sparse("item_id")], tasks=[rm.Task("ctr", "click")])
+    with pytest.raises(rm.SchemaError, match=f"column 'item_id'.*{message}"):
+        schema.fit(df)
+    assert not schema.is_fitted  # nothing half-changed
+
+
+def test_predict_rejects_bad_batch_size_empty_frames_and_missing_devices(tmp_path):
+    df = pd.DataFrame({"item_id": [1, 2, 3, 4], "click": [1, 0, 1, 0]})
+    schema = rm.Schema([rm.Sparse("item_id")], tasks=[rm.Task("ctr", "click")]).fit(df)
+    model = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(4,), tower_dims=(4,)))
+    frame = schema.transform(df)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            model.predict(frame, batch_size=bad)
+    with pytest.raises(ValueError, match="0 rows"):
+        model.predict(frame.subset(torch.arange(0)))
+    model.save_pretrained(tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            rm.MultiTaskModel.from_pretrained(tmp_path, map_location="cuda")
+    with pytest.raises(ValueError, match="not a device"):
+        rm.MultiTaskModel.from_pretrained(tmp_path, map_location="gpu0")

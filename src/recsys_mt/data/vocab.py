@@ -13,6 +13,8 @@ import pandas as pd
 
 from .features import NUM_SPECIAL, OOV_ID, PAD_ID
 
+INT64_MAX = np.iinfo(np.int64).max
+
 
 class SchemaError(ValueError):
     """Input data does not fit the schema (missing column, wrong dtype, bad value, ...)."""
@@ -21,7 +23,16 @@ class SchemaError(ValueError):
 def _id_kind(values: pd.Series | np.ndarray, what: str) -> str:
     """'int' or 'str' for a column of ids; raises on floats that are not whole numbers."""
     dtype = values.dtype
-    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+    if pd.api.types.is_bool_dtype(dtype):
+        return "int"
+    if pd.api.types.is_integer_dtype(dtype):
+        if pd.api.types.is_unsigned_integer_dtype(dtype):
+            arr = np.asarray(values)
+            if arr.size and arr.max() > INT64_MAX:
+                raise SchemaError(
+                    f"{what} holds ids above 2^63 - 1 (e.g. {int(arr.max())}), which do not fit "
+                    "int64; cast the column to str"
+                )
         return "int"
     if pd.api.types.is_float_dtype(dtype):
         arr = np.asarray(values, dtype=np.float64)
@@ -29,7 +40,23 @@ def _id_kind(values: pd.Series | np.ndarray, what: str) -> str:
         if arr.size and not np.all(np.equal(np.mod(arr, 1), 0)):
             bad = arr[np.mod(arr, 1) != 0][0]
             raise SchemaError(f"{what} holds non-integer float ids (e.g. {bad}); cast it to str")
+        if arr.size and np.abs(arr).max() >= 2.0**63:
+            raise SchemaError(
+                f"{what} holds float ids of magnitude >= 2^63 (e.g. {np.abs(arr).max():.6g}), "
+                "beyond int64 (and beyond exact float precision); store the ids as int or str"
+            )
         return "int"
+    inferred = pd.api.types.infer_dtype(values, skipna=True)
+    if inferred in ("mixed-integer", "mixed-integer-float"):
+        ints = [v for v in values if isinstance(v, (int, np.integer)) and not isinstance(v, bool)]
+        strs = [v for v in values if isinstance(v, str)]
+        example = f" (e.g. {ints[0]!r} and {strs[0]!r})" if ints and strs else ""
+        raise SchemaError(
+            f"{what} mixes numeric and str ids{example}; as str they would merge 1 and '1': "
+            "cast the column to one type"
+        )
+    if inferred == "bytes":
+        raise SchemaError(f"{what} holds bytes ids; decode them to str first")
     return "str"
 
 

@@ -244,7 +244,11 @@ class MultiTaskModel(nn.Module):
         The raw head outputs of :meth:`forward` by default; ``calibrated=True`` applies the map
         fitted by :meth:`calibrate` (what :meth:`predict` and :meth:`evaluate` use).
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         frame = self._as_frame(data)
+        if len(frame) == 0:
+            raise ValueError("the frame has 0 rows: nothing to predict")
         was_training = self.training
         self.eval()
         device = self.device

@@ -77,6 +77,14 @@ def load_pretrained(
     """
     from safetensors.torch import load_file
 
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"map_location {map_location!r} is not a device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"map_location={str(map_location)!r} but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"map_location={str(map_location)!r} but MPS is not available here")
     directory = Path(directory)
     for name in (CONFIG_NAME, SCHEMA_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
