@@ -107,3 +107,17 @@ def test_bad_requests(setup):
         rec.recommend(users, [[1], [2]], k=3)
     with pytest.raises(ValueError, match="duplicate"):
         rm.Recommender(model, pd.concat([catalog, catalog.head(1)]))
+
+
+def test_duplicate_candidates_are_ranked_once(setup):
+    model, _, catalog, users = setup
+    rec = rm.Recommender(model, catalog)
+    ids = catalog.item_id.tolist()
+    shared = [ids[0], ids[1], ids[1], ids[2], ids[0]]
+    out = rec.recommend(users, candidates=shared, k=5)
+    for _, g in out.groupby("user"):
+        assert sorted(g.item.tolist()) == sorted(ids[:3])  # k > distinct candidates: all, once
+    ragged = [[ids[3], ids[3]], [ids[4], ids[5], ids[4]]] + [[ids[6]]] * (len(users) - 2)
+    out = rec.recommend(users, candidates=ragged, k=3)
+    assert out.groupby("user").item.apply(lambda s: s.is_unique).all()
+    assert out.groupby("user").size().tolist()[:2] == [1, 2]

@@ -113,7 +113,7 @@ class Recommender:
         ):
             shared = self._lookup(list(candidates))
             pos = torch.as_tensor(shared).expand(n_users, -1)
-            return pos, torch.ones_like(pos, dtype=torch.bool)
+            return pos, _first_occurrences(pos, torch.ones_like(pos, dtype=torch.bool))
         if len(candidates) != n_users:
             raise ValueError(f"got {len(candidates)} candidate lists for {n_users} users")
         width = max((len(c) for c in candidates), default=0)
@@ -125,7 +125,7 @@ class Recommender:
             if len(cand):
                 pos[b, : len(cand)] = torch.as_tensor(self._lookup(list(cand)))
                 mask[b, : len(cand)] = True
-        return pos, mask
+        return pos, _first_occurrences(pos, mask)
 
     def _lookup(self, items: list) -> np.ndarray:
         pos = self._pos.get_indexer(items)
@@ -171,7 +171,8 @@ class Recommender:
         Args:
             users: one row per user with the user-side feature columns (``user_id``, ``age``,
                 ``hist_items``, …).
-            candidates: per-user lists of item ids (ragged lists are padded and masked), one
+            candidates: per-user lists of item ids (ragged lists are padded and masked; an item
+                listed twice is ranked once), one
                 shared list for every user, or ``None`` for the whole catalog.
             k: list length; ``k`` larger than a user's candidates returns all of them.
             fusion: a fusion (``WeightedProduct(ctr=1, cvr=1, price=1)``, a callable of the
@@ -254,3 +255,13 @@ def _depth(tasks, name: str) -> int:
         name = by[name].given
         d += 1
     return d
+
+
+def _first_occurrences(pos: Tensor, mask: Tensor) -> Tensor:
+    """``mask [B, N]`` with every repeat of a catalog position in a row masked out (the first
+    occurrence stays), so an item listed twice among a user's candidates is ranked once."""
+    keyed = pos.masked_fill(~mask, -1)
+    ordered, order = keyed.sort(dim=1, stable=True)  # equal positions keep their list order
+    repeat = torch.zeros_like(mask)
+    repeat[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    return mask & ~torch.zeros_like(mask).scatter_(1, order, repeat)
