@@ -89,3 +89,22 @@ def test_predict_rejects_bad_batch_size_empty_frames_and_missing_devices(tmp_pat
             rm.MultiTaskModel.from_pretrained(tmp_path, map_location="cuda")
     with pytest.raises(ValueError, match="not a device"):
         rm.MultiTaskModel.from_pretrained(tmp_path, map_location="gpu0")
+
+
+def test_resume_from_another_architecture_changes_nothing(tmp_path):
+    df = pd.DataFrame({"item_id": np.arange(200) % 20, "click": (np.arange(200) % 3 == 0) * 1})
+    schema = rm.Schema([rm.Sparse("item_id")], tasks=[rm.Task("ctr", "click")]).fit(df)
+    frame = schema.transform(df)
+    torch.manual_seed(0)
+    small = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(8,), tower_dims=(4,)))
+    ckpt = rm.ModelCheckpoint(tmp_path)
+    rm.Trainer(max_epochs=1, progress_bar=False, callbacks=[ckpt]).fit(small, frame)
+    torch.manual_seed(1)
+    other = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(16,), tower_dims=(4,)))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(
+        ValueError, match="another architecture.*shape mismatch.*nothing was changed"
+    ):
+        rm.Trainer(max_epochs=2, progress_bar=False).fit(other, frame, resume_from=ckpt.last_path)
+    after = other.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

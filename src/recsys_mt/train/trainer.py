@@ -94,6 +94,7 @@ to an uninterrupted run with the same settings.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -1001,6 +1002,34 @@ class Trainer:
             raise RuntimeError(f"cannot load checkpoint {os.fspath(path)!r}: {e}") from e
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not a checkpoint written by this Trainer")
+        _check_model_state(ckpt.get("model"), self.model.state_dict(), os.fspath(path))
+        # load everything or nothing: on any failure the model, optimiser, scheduler, scaler and
+        # callbacks get their states back
+        backup = {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "callbacks": {key: copy.deepcopy(cb.state_dict()) for key, cb in self._callback_keys()},
+        }
+        try:
+            return self._load_checkpoint(ckpt)
+        except Exception as e:
+            self.model.load_state_dict(backup["model"])
+            self.optimizer.load_state_dict(backup["optimizer"])
+            if backup["scheduler"] is not None:
+                self.scheduler.load_state_dict(backup["scheduler"])
+            if backup["scaler"] is not None:
+                self.scaler.load_state_dict(backup["scaler"])
+            for key, cb in self._callback_keys():
+                cb.load_state_dict(backup["callbacks"][key])
+            raise ValueError(
+                f"checkpoint {os.fspath(path)!r} does not fit this trainer's model / optimiser "
+                f"({type(e).__name__}: {e}); nothing was changed"
+            ) from e
+
+    def _load_checkpoint(self, ckpt: dict[str, Any]) -> int:
+        """The loading part of :meth:`_restore` (``ckpt`` already read and checked)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
@@ -1041,6 +1070,25 @@ class Trainer:
             )
         _set_rng_state(ckpt["rng"])
         return self.current_epoch + 1
+
+
+def _check_model_state(saved: Any, expected: Mapping[str, Tensor], path: str) -> None:
+    """Raise ``ValueError`` naming the keys / shapes where a checkpoint's model state differs
+    from the model's, before anything is loaded."""
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"checkpoint {path!r} holds no model state")
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    wrong = [
+        f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in saved and isinstance(saved[k], Tensor) and saved[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"checkpoint {path!r} was written for another architecture: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}; nothing was changed"
+        )
 
 
 def _shown(key: str) -> bool:
