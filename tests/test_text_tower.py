@@ -531,3 +531,40 @@ def test_text_tower_gradients_are_deterministic_with_threads(tiny_bert):
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def test_tokenizer_must_match_the_model(tiny_bert, tmp_path):
+    import shutil
+
+    df = make_df(n=20)
+    schema = make_schema().fit(df)
+    no_tok = tmp_path / "no_tokenizer"
+    no_tok.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(tiny_bert, f), no_tok / f)
+    with pytest.raises((ValueError, OSError), match="tokenizer"):
+        rm.MultiTaskModel(schema, encoders=[BertTextTower(str(no_tok), progress_bar=False)])
+    big = tmp_path / "big_vocab"
+    shutil.copytree(tiny_bert, big)
+    words = (big / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (big / "vocab.txt").write_text("\n".join(words + ["extra1", "extra2"]) + "\n", "utf-8")
+    for f in ("tokenizer.json",):
+        if (big / f).exists():
+            (big / f).unlink()
+    with pytest.raises(ValueError, match="embedding has"):
+        rm.MultiTaskModel(schema, encoders=[BertTextTower(str(big), progress_bar=False)])
+
+
+def test_bare_name_never_touches_the_network(monkeypatch):
+    schema = make_schema().fit(make_df(n=20))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the text tower tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)  # even a DNS lookup
+    with pytest.raises(OSError, match="never downloads"):
+        BertTextTower("recsys-mt-tests/not-a-cached-model", progress_bar=False).build(schema)

@@ -150,9 +150,12 @@ def load_encoder(model_name_or_path: str, progress_bar: bool = False) -> tuple[A
         source = str(path)
     elif path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
         raise FileNotFoundError(f"text model path {name!r} does not exist")
-    else:
-        source = name  # maybe a model name already in the local Hugging Face cache
+    else:  # maybe a model name already in the local Hugging Face cache: find its folder here,
+        # so that transformers only ever sees a local path (no request to the hub, even one)
+        source = _cached_snapshot(name) or name
     try:
+        if source is name:
+            raise OSError(f"{name!r} is not in the local Hugging Face cache")
         config = AutoConfig.from_pretrained(source, **kw)
     except (OSError, ValueError) as e:
         if source is name:
@@ -177,7 +180,39 @@ def load_encoder(model_name_or_path: str, progress_bar: bool = False) -> tuple[A
             model = AutoModel.from_pretrained(source, **kw)
     except OSError as e:
         raise OSError(f"cannot load the text model / tokenizer from {source!r}: {e}") from e
+    _check_tokenizer(tokenizer, config, source)
     return tokenizer, model.float().eval()
+
+
+def _cached_snapshot(name: str) -> str | None:
+    """The local folder of model ``name`` in the Hugging Face cache, or ``None``; no network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        return None
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repo id
+        return None
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
+def _check_tokenizer(tokenizer: Any, config: Any, source: str) -> None:
+    """Refuse a tokenizer that would silently turn text into ``[UNK]`` or into ids the model's
+    embedding does not have."""
+    size = len(tokenizer)
+    if size <= len(set(tokenizer.all_special_ids)):
+        raise ValueError(
+            f"the tokenizer of {source!r} knows no token beyond its special tokens (are the "
+            "tokenizer files missing? tokenizer.json, or vocab.txt / sentencepiece files): every "
+            "word would be [UNK]"
+        )
+    rows = getattr(config, "vocab_size", None)
+    if rows is not None and size > rows:
+        raise ValueError(
+            f"the tokenizer of {source!r} has {size} tokens but the model's embedding has "
+            f"{rows} rows (config.vocab_size): tokenizer and weights do not belong together"
+        )
 
 
 def _layer_list(model: nn.Module) -> nn.ModuleList:
