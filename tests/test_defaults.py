@@ -102,3 +102,32 @@ def test_explicit_monitor_is_kept():
     assert stop.monitor == "val/loss" and stop.mode == "min"
     with pytest.raises(ValueError, match="mode"):
         rm.EarlyStopping(mode="up")
+
+
+def test_concurrent_predicts_on_a_model_in_training_mode_agree():
+    """Prediction never runs with id dropout on, even while other threads predict: predict
+    switches the model to eval mode and does not switch it back."""
+    import threading
+
+    df = frame_df()
+    s = schema(df)
+    torch.manual_seed(0)
+    model = rm.MultiTaskModel(s, head=rm.SharedBottom(bottom_dims=(16,), tower_dims=(8,)))
+    frame = s.transform(df)
+    expected = model.predict(frame, batch_size=256)
+    assert not model.training
+    model.train()  # as a model is after training steps
+    results: list = []
+
+    def run():
+        for _ in range(5):
+            results.append(model.predict(frame, batch_size=256))
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 30
+    for r in results:
+        pd.testing.assert_frame_equal(r, expected)

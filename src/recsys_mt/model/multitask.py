@@ -243,22 +243,23 @@ class MultiTaskModel(nn.Module):
 
         The raw head outputs of :meth:`forward` by default; ``calibrated=True`` applies the map
         fitted by :meth:`calibrate` (what :meth:`predict` and :meth:`evaluate` use).
+
+        Puts the model in eval mode and leaves it there (the Trainer switches it back to
+        training at every epoch): restoring the previous mode afterwards would let one thread
+        switch id dropout back on while another thread is still predicting.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         frame = self._as_frame(data)
         if len(frame) == 0:
             raise ValueError("the frame has 0 rows: nothing to predict")
-        was_training = self.training
-        self.eval()
+        if self.training:
+            self.eval()
         device = self.device
-        try:
-            out = [
-                self({k: v.to(device, non_blocking=True) for k, v in b.items()}).float().cpu()
-                for b in frame.batches(batch_size)
-            ]
-        finally:
-            self.train(was_training)
+        out = [
+            self({k: v.to(device, non_blocking=True) for k, v in b.items()}).float().cpu()
+            for b in frame.batches(batch_size)
+        ]
         logits = torch.cat(out)
         return self.calibrate_logits(logits) if calibrated else logits
 
