@@ -19,13 +19,13 @@ import contextlib
 import copy
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
 import pandas as pd
 import torch
 from movielens_funnel import SPARSE, TASKS
+from train_throughput import _import_deepctr as import_deepctr  # quiet, waits for its thread
 
 from recsys_mt.metrics import auc
 
@@ -63,16 +63,6 @@ def _fit_loop(train_epoch, predict_val, y_val_click, state, load, patience, max_
                 break
     load(best_state)
     return epochs, train_s
-
-
-def import_deepctr() -> None:
-    """Import DeepCTR-Torch with stdout sent to stderr (its offline version check prints)."""
-    before = set(threading.enumerate())
-    with contextlib.redirect_stdout(sys.stderr):
-        import deepctr_torch  # noqa: F401
-
-        for thread in set(threading.enumerate()) - before:
-            thread.join(timeout=15)
 
 
 def run_rechub(kind: str, data, seed: int, patience: int, max_epochs: int):
