@@ -6,6 +6,7 @@ from .funnel import (
     SUPERVISIONS,
     behavioural_calibration,
     chain_log_probs,
+    funnel_counts,
     funnel_losses,
     log1mexp,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "behavioural_calibration",
     "chain_log_probs",
     "dr_cvr_loss",
+    "funnel_counts",
     "funnel_losses",
     "ips_cvr_loss",
     "log1mexp",

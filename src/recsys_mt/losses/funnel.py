@@ -54,6 +54,7 @@ def funnel_losses(
     parents: list[int | None],
     binary: list[bool],
     supervision: str = "entire_space",
+    counts: Tensor | None = None,
 ) -> list[Tensor]:
     """One scalar loss per task.
 
@@ -64,14 +65,18 @@ def funnel_losses(
         parents: parent index per task, parents first.
         binary: ``True`` for BCE tasks, ``False`` for MSE tasks.
         supervision: ``"entire_space"`` or ``"conditional"``.
+        counts: optional ``[T]`` denominators. By default each loss is a mean over the rows it
+            is defined on in this batch (all rows, or the rows whose parent is positive). With
+            ``counts`` (from :func:`funnel_counts` summed over several batches, e.g. the
+            micro-batches of one optimiser step on every process), each loss is the batch's
+            *sum* divided by ``counts[t]``: the batch's share of the big batch's mean, so the
+            shares add up to exactly the loss of the big batch, masked tasks included.
     """
     if supervision not in SUPERVISIONS:
         raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
     logits = logits.float()
     labels = labels.float()
-    joint_labels = []
-    for t, p in enumerate(parents):
-        joint_labels.append(labels[:, t] if p is None else labels[:, t] * joint_labels[p])
+    masks = _parent_masks(labels, parents)
     need_chain = supervision == "entire_space" and any(
         p is not None and binary[t] for t, p in enumerate(parents)
     )
@@ -81,23 +86,52 @@ def funnel_losses(
         z, y = logits[:, t], labels[:, t]
         if not binary[t]:
             err = (z - y) ** 2
-            losses.append(err.mean() if p is None else _masked_mean(err, joint_labels[p]))
         elif p is None:
-            losses.append(F.binary_cross_entropy_with_logits(z, y))
+            err = F.binary_cross_entropy_with_logits(z, y, reduction="none")
         elif supervision == "entire_space":
-            yq = joint_labels[t]
+            yq = masks[p] * y
             lq = log_q[:, t]
-            losses.append(-(yq * lq + (1 - yq) * log1mexp(lq)).mean())
+            err = -(yq * lq + (1 - yq) * log1mexp(lq))
         else:
-            bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
-            losses.append(_masked_mean(bce, joint_labels[p]))
+            err = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+        masked = p is not None and not (binary[t] and supervision == "entire_space")
+        if masked:
+            m = masks[p].to(err.dtype)
+            total = (err * m).sum()
+            denom = m.sum() if counts is None else counts[t]
+        else:
+            total = err.sum()
+            denom = err.new_tensor(float(err.shape[0])) if counts is None else counts[t]
+        losses.append(total / denom.to(err.dtype).clamp_min(1.0))
     return losses
 
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x`` where ``mask`` is 1; 0 (with a graph) when no row qualifies."""
-    m = mask.to(x.dtype)
-    return (x * m).sum() / m.sum().clamp_min(1.0)
+def funnel_counts(
+    labels: Tensor, parents: list[int | None], binary: list[bool], supervision: str
+) -> Tensor:
+    """``[T]`` float: the number of rows each of :func:`funnel_losses`' losses averages over.
+
+    All rows for root tasks and entire-space binary children; the rows whose parent's joint
+    label is 1 for conditional and regression children.
+    """
+    if supervision not in SUPERVISIONS:
+        raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
+    labels = labels.float()
+    masks = _parent_masks(labels, parents)
+    rows = float(labels.shape[0])
+    out = []
+    for t, p in enumerate(parents):
+        masked = p is not None and not (binary[t] and supervision == "entire_space")
+        out.append(masks[p].sum() if masked else labels.new_tensor(rows))
+    return torch.stack(out) if out else labels.new_zeros(0)
+
+
+def _parent_masks(labels: Tensor, parents: list[int | None]) -> list[Tensor]:
+    """Joint label ``[B]`` of every task: the product of the labels down its chain."""
+    joint: list[Tensor] = []
+    for t, p in enumerate(parents):
+        joint.append(labels[:, t] if p is None else labels[:, t] * joint[p])
+    return joint
 
 
 def behavioural_calibration(

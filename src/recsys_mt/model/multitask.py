@@ -17,7 +17,14 @@ from .. import __version__
 from ..data.frame import TensorFrame
 from ..data.schema import Schema
 from ..encoders import ConcatFusion, DenseEncoder, Encoder, Fusion, IDEmbedding
-from ..losses import SUPERVISIONS, Balancer, StaticWeights, chain_log_probs, funnel_losses
+from ..losses import (
+    SUPERVISIONS,
+    Balancer,
+    StaticWeights,
+    chain_log_probs,
+    funnel_counts,
+    funnel_losses,
+)
 from ..registry import to_config as registered_config
 from ..tasks import MMoE
 from ..tasks.heads import Head
@@ -167,7 +174,11 @@ class MultiTaskModel(nn.Module):
         return cond, joint
 
     def losses(
-        self, logits: Tensor, labels: Tensor, fused: Tensor | None = None
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        fused: Tensor | None = None,
+        window: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Per-task loss ``{task: scalar}`` under the model's supervision mode.
 
@@ -175,21 +186,63 @@ class MultiTaskModel(nn.Module):
         from) given, ``counterfactual_weight ·`` the IPS / DR risk is added to each regularised
         child task's entry, so balancers weigh it with its task. Without ``fused`` (as in
         :meth:`validation_metrics`) the plain funnel losses: a fixed criterion.
+
+        ``window`` (``[1 + T]``, see :meth:`loss_counts`) turns every entry into this batch's
+        *share* of the loss of a larger batch that it is part of: sums divided by the larger
+        batch's row / mask counts instead of this batch's means.
         """
-        per = funnel_losses(logits, labels, self.parents, self.binary, self.supervision)
+        counts = None if window is None else window[1:]
+        per = funnel_losses(
+            logits, labels, self.parents, self.binary, self.supervision, counts=counts
+        )
         out = dict(zip(self.schema.task_names, per))
         if self.counterfactual_reg is not None and fused is not None:
+            share = 1.0 if window is None else logits.shape[0] / window[0].clamp_min(1.0)
             for name, reg in self.counterfactual_reg(fused, logits, labels).items():
-                out[name] = out[name] + reg
+                out[name] = out[name] + reg * share
         return out
 
-    def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Trainer protocol: ``{"loss": total, "loss/<task>": detached per-task loss}``."""
+    def loss_counts(self, batch: dict[str, Tensor]) -> Tensor:
+        """Trainer protocol: ``[1 + T]`` float, the rows of this batch and, per task, the rows
+        its loss averages over (all rows, or the rows whose parent is positive).
+
+        The trainer sums these over the micro-batches of one optimiser step (and over
+        processes) and passes the total to :meth:`training_step` as ``window``, so that
+        gradient accumulation and DDP give exactly the gradient of one big batch even for
+        masked losses (conditional supervision, regression children), where weighting each
+        micro-batch's mean by its rows would not.
+        """
+        if "labels" not in batch:
+            raise ValueError("the batch has no labels: transform the training data with labels")
+        labels = batch["labels"]
+        per = funnel_counts(labels, self.parents, self.binary, self.supervision)
+        return torch.cat([per.new_tensor([float(labels.shape[0])]), per])
+
+    def training_step(
+        self, batch: dict[str, Tensor], window: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Trainer protocol: ``{"loss": total, "loss/<task>": detached per-task loss}``.
+
+        Without ``window``, ``loss`` is the balanced loss of this batch. With ``window`` (the
+        :meth:`loss_counts` of all micro-batches of one optimiser step on all processes,
+        ``[1 + T]``) ``loss`` is this batch's share ``s · balancer(L / s)`` of the window's
+        loss, with ``s`` = this batch's fraction of the window's rows and ``L`` the per-task
+        shares: the shares of all micro-batches add up to exactly the window's balanced loss
+        for any balancer linear in the task losses (static weights; uncertainty weighting's
+        ``s_t / 2`` term counted once per window). ``loss/<task>`` then holds ``L / s``, this
+        batch's estimate of the window's task loss.
+        """
         if "labels" not in batch:
             raise ValueError("the batch has no labels: transform the training data with labels")
         fused, logits = self._forward(batch)
-        per = self.losses(logits, batch["labels"], fused)
-        out = {"loss": self.balancer(per)}
+        per = self.losses(logits, batch["labels"], fused, window=window)
+        if window is None:
+            total = self.balancer(per)
+        else:
+            share = logits.shape[0] / window[0].clamp_min(1.0)
+            per = {k: v / share for k, v in per.items()}
+            total = self.balancer(per) * share
+        out = {"loss": total}
         out.update({f"loss/{k}": v.detach() for k, v in per.items()})
         return out
 

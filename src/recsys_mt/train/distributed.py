@@ -147,8 +147,8 @@ class StepModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, Tensor]) -> Any:
-        return self.model.training_step(batch)
+    def forward(self, batch: dict[str, Tensor], **kwargs: Any) -> Any:
+        return self.model.training_step(batch, **kwargs)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -36,10 +36,14 @@ the trainer's seed governs dropout and shuffling), moves the model to the device
 optimiser and scheduler, optionally restores a checkpoint, and then for every epoch:
 
 1. shuffles the training frame with seed ``seed + epoch`` (:class:`~recsys_mt.data.BatchLoader`),
-2. for each micro-batch: forward under autocast, ``loss * rows / window_rows`` backward
-   (``window_rows`` = rows of the ``grad_accum_steps`` micro-batches forming one optimiser
-   step, so k micro-batches give exactly the gradient of one big batch of mean-reduced
-   losses); after the last micro-batch of a window (or of the epoch): check the loss is finite
+2. for each micro-batch: forward under autocast, backward of the micro-batch's part of the
+   optimiser step's loss. A model with the optional ``loss_counts(batch) -> [K]`` method (the
+   rows each of its loss terms averages over) gets the counts summed over the
+   ``grad_accum_steps`` micro-batches of the step and over all processes as
+   ``training_step(batch, window=counts)`` and returns its *share* of that big batch's loss,
+   so masked losses (conditional supervision, regression children) get exactly the big batch's
+   gradient; other models' mean-reduced losses are weighted by ``rows / window_rows`` (exact
+   for plain means over all rows); after the last micro-batch of a window (or of the epoch): check the loss is finite
    (else ``FloatingPointError``, before the step), unscale (16-mixed), clip
    (``grad_clip_norm``, sparse-aware), ``on_before_optimizer_step``, step, zero grads, step the
    scheduler (per *optimiser* step),
@@ -101,7 +105,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, Protocol, runtime_checkable
 
@@ -797,13 +801,16 @@ class Trainer:
                     logger.finalize()
         return model
 
-    def _window_rows(self, batch_idx: int, n_batches: int, rows: int) -> int:
-        """Rows in the accumulation window containing micro-batch ``batch_idx``."""
-        start = (batch_idx // self.grad_accum_steps) * self.grad_accum_steps
-        stop = min(start + self.grad_accum_steps, n_batches)
-        first = start * self.batch_size
-        last = min(stop * self.batch_size, rows)
-        return last - first
+    def _windows(self, loader: BatchLoader) -> Iterator[list[tuple[int, dict[str, Tensor]]]]:
+        """The epoch's micro-batches grouped into optimiser steps of ``grad_accum_steps``."""
+        window: list[tuple[int, dict[str, Tensor]]] = []
+        for i, batch in enumerate(loader):
+            window.append((i, batch))
+            if len(window) == self.grad_accum_steps:
+                yield window
+                window = []
+        if window:
+            yield window
 
     def _run_epoch(self, epoch: int, loader: BatchLoader, val: TensorFrame | None) -> None:
         model = self.model
@@ -815,9 +822,7 @@ class Trainer:
 
         n_batches = len(loader)
         rank_rows = len(loader.frame) // self.world_size
-        step_fn: Callable[[dict[str, Tensor]], Any] = (
-            self._ddp if self._ddp is not None else model.training_step
-        )
+        step_fn: Callable[..., Any] = self._ddp if self._ddp is not None else model.training_step
         bar = tqdm(
             total=n_batches,
             desc=f"epoch {epoch}",
@@ -829,45 +834,60 @@ class Trainer:
         t0 = time.perf_counter()
         epoch_loss, epoch_rows = 0.0, 0
         extra_sums: dict[str, Tensor] = {}
-        window_loss = torch.zeros((), device=self.device)
-        window_rows = window_start = 0
+        counts_fn = getattr(model, "loss_counts", None)  # optional protocol
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            for i, batch in enumerate(loader):
-                if i % self.grad_accum_steps == 0:
-                    window_start = i
-                    window_rows = self._window_rows(i, n_batches, rank_rows)
-                    window_loss = torch.zeros((), device=self.device)
-                boundary = (i + 1) % self.grad_accum_steps == 0 or i + 1 == n_batches
-                rows = _batch_rows(batch)
-                sync = (
-                    self._ddp.no_sync() if self._ddp is not None and not boundary else nullcontext()
-                )
-                with sync:
-                    with self._autocast():
-                        out = step_fn(batch)
-                    loss, extras = _parse_output(out)
-                    scaled = loss.float() * (rows / window_rows)
-                    if self.scaler is not None:
-                        scaled = self.scaler.scale(scaled)
-                    scaled.backward()
-                window_loss = window_loss + loss.detach().float() * rows
-                for key, value in extras.items():
-                    contrib = value.to(self.device) * rows
-                    extra_sums[key] = extra_sums[key] + contrib if key in extra_sums else contrib
-                if boundary:
-                    value = self._window_loss(window_loss, window_rows, epoch, window_start, i)
-                    self._optimizer_step()
-                    self.global_step += 1
-                    epoch_loss += value * window_rows
-                    epoch_rows += window_rows
-                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-                    if self.log_every_n_steps and self.global_step % self.log_every_n_steps == 0:
-                        self._log(
-                            {"epoch": epoch, "train/loss_step": value, "lr": self._current_lr()},
-                            self.global_step,
+            for window in self._windows(loader):
+                first, last = window[0][0], window[-1][0]
+                local_rows = sum(_batch_rows(b) for _, b in window)
+                counts = None
+                if counts_fn is not None:
+                    counts = torch.stack(
+                        [counts_fn(b).float().to(self.device) for _, b in window]
+                    ).sum(0)
+                    counts = dist_utils.all_reduce_sum(counts)
+                    global_rows = float(counts[0])
+                window_loss = torch.zeros((), device=self.device)
+                for j, (_, batch) in enumerate(window):
+                    rows = _batch_rows(batch)
+                    sync = (
+                        self._ddp.no_sync()
+                        if self._ddp is not None and j + 1 < len(window)
+                        else nullcontext()
+                    )
+                    with sync:
+                        with self._autocast():
+                            out = (
+                                step_fn(batch) if counts is None else step_fn(batch, window=counts)
+                            )
+                        loss, extras = _parse_output(out)
+                        if counts is None:  # mean-reduced loss of this micro-batch
+                            scaled = loss.float() * (rows / local_rows)
+                            window_loss = window_loss + loss.detach().float() * rows
+                        else:  # this micro-batch's share of the whole window's loss
+                            # DDP averages gradients over processes; the shares add up
+                            scaled = loss.float() * self.world_size
+                            window_loss = window_loss + loss.detach().float() * global_rows
+                        if self.scaler is not None:
+                            scaled = self.scaler.scale(scaled)
+                        scaled.backward()
+                    for key, value in extras.items():
+                        contrib = value.to(self.device) * rows
+                        extra_sums[key] = (
+                            extra_sums[key] + contrib if key in extra_sums else contrib
                         )
-                bar.update(1)
+                    bar.update(1)
+                value = self._window_loss(window_loss, local_rows, epoch, first, last)
+                self._optimizer_step()
+                self.global_step += 1
+                epoch_loss += value * local_rows
+                epoch_rows += local_rows
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                if self.log_every_n_steps and self.global_step % self.log_every_n_steps == 0:
+                    self._log(
+                        {"epoch": epoch, "train/loss_step": value, "lr": self._current_lr()},
+                        self.global_step,
+                    )
             train_time = time.perf_counter() - t0
 
             row: dict[str, Any] = {"epoch": epoch, "step": self.global_step}
