@@ -297,3 +297,21 @@ class ModelCheckpoint(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_score = state.get("best_score")
         self.best_epoch = state.get("best_epoch")
+
+
+def run_order(callbacks: list[Callback]) -> list[Callback]:
+    """Callbacks with ``run_last`` ones (checkpointing) moved to the end, order kept."""
+    first = [cb for cb in callbacks if not cb.run_last]
+    return first + [cb for cb in callbacks if cb.run_last]
+
+
+def state_keys(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
+    """Unique checkpoint keys: ``state_key``, then ``state_key#1``, ``#2`` for repeats."""
+    counts: dict[str, int] = {}
+    out = []
+    for cb in callbacks:
+        key = cb.state_key
+        n = counts.get(key, 0)
+        counts[key] = n + 1
+        out.append((key if n == 0 else f"{key}#{n}", cb))
+    return out
