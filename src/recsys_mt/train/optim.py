@@ -303,7 +303,13 @@ def build_scheduler(
                 f"the scheduler factory returned {type(sched).__name__}, not an LRScheduler"
             )
         return sched
-    if not isinstance(scheduler, str) or scheduler not in SCHEDULERS:
+    check_schedule(scheduler, warmup_steps, min_lr_ratio)
+    return LambdaLR(optimizer, _schedule_factor(scheduler, total_steps, warmup_steps, min_lr_ratio))
+
+
+def check_schedule(scheduler: Any, warmup_steps: Any, min_lr_ratio: Any) -> None:
+    """Raise ``ValueError`` naming the bad scheduler setting (a callable scheduler passes)."""
+    if scheduler is not None and not callable(scheduler) and scheduler not in SCHEDULERS:
         raise ValueError(
             f"scheduler must be None, one of {SCHEDULERS} or a callable, got {scheduler!r}"
         )
@@ -311,7 +317,6 @@ def build_scheduler(
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
-    return LambdaLR(optimizer, _schedule_factor(scheduler, total_steps, warmup_steps, min_lr_ratio))
 
 
 # --------------------------------------------------------------------------- clipping

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from .optim import OPTIMIZERS, SCHEDULERS
+from .optim import OPTIMIZERS, check_schedule
 
 __all__ = ["as_list", "check_model", "check_settings", "hparams", "positive_int"]
 
@@ -59,14 +59,7 @@ def check_settings(
             )
     elif not callable(optimizer):
         raise ValueError(f"optimizer must be a name or a callable, got {optimizer!r}")
-    if scheduler is not None and not callable(scheduler) and scheduler not in SCHEDULERS:
-        raise ValueError(
-            f"scheduler must be None, one of {SCHEDULERS} or a callable, got {scheduler!r}"
-        )
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    check_schedule(scheduler, warmup_steps, min_lr_ratio)
 
 
 def positive_int(name: str, value: Any, minimum: int) -> None:
