@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..data.frame import TensorFrame
 from ..data.schema import Schema
 from ..encoders import ConcatFusion, DenseEncoder, Encoder, Fusion, IDEmbedding
 from ..losses import (
@@ -29,15 +25,15 @@ from ..registry import to_config as registered_config
 from ..tasks import MMoE
 from ..tasks.heads import Head
 from .calibration import METHODS as CALIBRATION_METHODS
-from .calibration import apply_calibration, fit_calibration, identity_calibration
+from .calibration import identity_calibration
 from .counterfactual import CounterfactualRegulariser, check_counterfactual
-from .evaluation import evaluate_funnel
+from .inference import InferenceMixin
 from .persistence import FORMAT_VERSION, CheckpointError, load_pretrained, save_pretrained
 
 __all__ = ["CheckpointError", "MultiTaskModel"]
 
 
-class MultiTaskModel(nn.Module):
+class MultiTaskModel(InferenceMixin, nn.Module):
     """Encoders + fusion + multi-task head predicting a purchase funnel.
 
     Args:
@@ -155,8 +151,15 @@ class MultiTaskModel(nn.Module):
 
     def _forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(fused [B, D], logits [B, T])``: the fusion output and the head's logits."""
-        fused = self.fusion([enc(batch) for enc in self.encoders])
-        return fused, self.head(fused)
+        outs = [enc(batch) for enc in self.encoders]
+        rows = _check_width(outs[0], None, self.encoders[0], "encoder 0")
+        for i, (enc, out) in enumerate(zip(self.encoders, outs)):
+            _check_width(out, rows, enc, f"encoder {i}", enc.out_dim)
+        fused = self.fusion(outs)
+        _check_width(fused, rows, self.fusion, "the fusion", self.fusion.out_dim)
+        logits = self.head(fused)
+        _check_width(logits, rows, self.head, "the head", len(self.schema.tasks), "tasks")
+        return fused, logits
 
     def probabilities(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """``(conditional [B, T], joint [B, T])`` from logits.
@@ -264,204 +267,6 @@ class MultiTaskModel(nn.Module):
             groups.append({"params": rest})
         return [g for g in groups if g["params"]]
 
-    # ------------------------------------------------------------------ inference
-    def prepare(self, frame: TensorFrame) -> TensorFrame:
-        """Let encoders add what they need to a frame once, before batching (Trainer protocol).
-
-        Each encoder with a ``prepare(frame) -> frame`` method is called in turn (a text tower
-        tokenises and caches the frame's distinct texts here and adds index columns). Idempotent:
-        a frame already prepared for this model is returned as is.
-        """
-        if frame.meta.get("prepared_by") == id(self):
-            return frame
-        for enc in self.encoders:
-            fn = getattr(enc, "prepare", None)
-            if fn is not None:
-                frame = fn(frame)
-        frame.meta["prepared_by"] = id(self)
-        return frame
-
-    def _as_frame(self, data: TensorFrame | pd.DataFrame) -> TensorFrame:
-        if isinstance(data, pd.DataFrame):
-            data = self.schema.transform(data, labels="auto")
-        if not isinstance(data, TensorFrame):
-            raise TypeError(f"expected a TensorFrame or DataFrame, got {type(data).__name__}")
-        return self.prepare(data)
-
-    @torch.inference_mode()
-    def predict_logits(
-        self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192, calibrated: bool = False
-    ) -> Tensor:
-        """Logits ``[N, T]`` for every row, on the CPU.
-
-        The raw head outputs of :meth:`forward` by default; ``calibrated=True`` applies the map
-        fitted by :meth:`calibrate` (what :meth:`predict` and :meth:`evaluate` use).
-
-        Puts the model in eval mode and leaves it there (the Trainer switches it back to
-        training at every epoch): restoring the previous mode afterwards would let one thread
-        switch id dropout back on while another thread is still predicting.
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        frame = self._as_frame(data)
-        if len(frame) == 0:
-            raise ValueError("the frame has 0 rows: nothing to predict")
-        if self.training:
-            self.eval()
-        device = self.device
-        out = [
-            self({k: v.to(device, non_blocking=True) for k, v in b.items()}).float().cpu()
-            for b in frame.batches(batch_size)
-        ]
-        logits = torch.cat(out)
-        return self.calibrate_logits(logits) if calibrated else logits
-
-    def predict_columns(self) -> list[str]:
-        """Names of the columns :meth:`predict` returns, in order."""
-        cols = [t.name for t in self.tasks]
-        return cols + [t.joint for t in self.tasks if t.given is not None and t.binary]
-
-    def predict(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> pd.DataFrame:
-        """Per-row predictions as a DataFrame.
-
-        Columns: one per task (conditional probability, e.g. ``ctr``, ``cvr`` = p(buy | click),
-        or the predicted value for regression tasks), then one per binary child task with the
-        joint probability (``ctcvr`` = p(click ∧ buy), ``repurchase_joint``, …). After
-        :meth:`calibrate` the conditionals are calibrated and the joints are their products.
-        """
-        cond, joint = self.probabilities(self.predict_logits(data, batch_size, calibrated=True))
-        cols: dict[str, np.ndarray] = {}
-        for j, t in enumerate(self.tasks):
-            cols[t.name] = cond[:, j].numpy()
-        for j, t in enumerate(self.tasks):
-            if t.given is not None and t.binary:
-                cols[t.joint] = joint[:, j].numpy()
-        return pd.DataFrame(cols)
-
-    def evaluate(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> pd.DataFrame:
-        """Funnel-aware metrics as a tidy DataFrame ``[task, metric, value, rows]``.
-
-        Binary root tasks: AUC, GAUC (when the schema has a group column), logloss, ECE
-        (:func:`~recsys_mt.metrics.ece`, 15 bins) and calibration (mean predicted / mean
-        observed) on all rows. Binary child tasks: the same for the conditional probability on
-        the rows where the parent's joint label is 1 (CVR on clicked rows), plus AUC / logloss /
-        ECE of the joint probability on all rows under the joint name (``ctcvr``). Regression:
-        MSE and RMSE on observed rows. Metrics that are undefined (one class present) are NaN.
-        Probabilities are calibrated when :meth:`calibrate` has been called.
-        """
-        frame = self._as_frame(data)
-        if "labels" not in frame:
-            raise ValueError("evaluate needs labels: the frame was transformed without them")
-        cond, joint = self.probabilities(self.predict_logits(frame, batch_size, calibrated=True))
-        return evaluate_funnel(
-            self.tasks,
-            self.parents,
-            cond,
-            joint,
-            frame["labels"],
-            frame["group"] if "group" in frame else None,
-        )
-
-    def validation_metrics(self, frame: TensorFrame, batch_size: int) -> dict[str, float]:
-        """Trainer protocol: ``{"loss", "<task>_auc", "<task>_logloss", "<joint>_auc", …}``.
-
-        ``loss`` is ``Σ_t Task.weight · L_t`` with the model's supervision — a fixed criterion
-        for early stopping even when the balancer learns its weights. Like training, it uses
-        the uncalibrated logits.
-        """
-        frame = self.prepare(frame)
-        logits = self.predict_logits(frame, batch_size)
-        labels = frame["labels"]
-        with torch.no_grad():
-            per = self.losses(logits, labels.to(logits.device))
-        total = sum(t.weight * float(per[t.name]) for t in self.tasks)
-        out = {"loss": total}
-        out.update({f"loss_{k}": float(v) for k, v in per.items()})
-        cond, joint = self.probabilities(logits)
-        table = evaluate_funnel(
-            self.tasks,
-            self.parents,
-            cond,
-            joint,
-            labels,
-            frame["group"] if "group" in frame else None,
-        )
-        for row in table.itertuples(index=False):
-            out[f"{row.task}_{row.metric}"] = float(row.value)
-        aucs = [out[f"{t.name}_auc"] for t in self.tasks if t.binary]
-        aucs = [a for a in aucs if a == a]  # tasks with one class in validation are NaN
-        out["auc_mean"] = float(np.mean(aucs)) if aucs else float("nan")
-        return out
-
-    @property
-    def default_monitor(self) -> str:
-        """What ``EarlyStopping()`` watches by default: ``"val/auc_mean"`` (mean stage AUC)
-        when there is a binary task, else ``"val/loss"``."""
-        return "val/auc_mean" if any(self.binary) else "val/loss"
-
-    def after_fit(self, val: TensorFrame | None) -> None:
-        """Trainer protocol, at the end of fit: :meth:`calibrate` on ``val`` with
-        ``auto_calibrate`` (nothing without a validation frame or with ``auto_calibrate=None``)."""
-        if self.auto_calibrate is not None and val is not None and "labels" in val:
-            self.calibrate(val, method=self.auto_calibrate)
-
-    # ------------------------------------------------------------------ calibration
-    @property
-    def calibrated(self) -> bool:
-        """True when a non-identity calibration map is applied by :meth:`predict` / evaluate."""
-        a, b = self.calibration[:, 0], self.calibration[:, 1]
-        return bool(((a != 1) | (b != 0)).any())
-
-    def calibrate_logits(self, logits: Tensor) -> Tensor:
-        """Calibrated logits ``a_t · z + b_t`` ``[B, T]`` (identity columns are left as is)."""
-        return apply_calibration(logits, self.calibration)
-
-    def calibrate(
-        self,
-        val: TensorFrame | pd.DataFrame,
-        method: str = "temperature",
-        batch_size: int = 8192,
-        min_rows: int = 50,
-    ) -> MultiTaskModel:
-        """Fit a monotone map ``z → a·z + b`` (``a > 0``) of each binary task's conditional logit.
-
-        Minimises the log loss of the conditional probability on the task's observed rows of
-        ``val`` (all rows for a root task, rows where the parent's joint label is 1 for a child),
-        in float64 on the cached logits; the network is not touched and rankings never change.
-        :meth:`predict` and :meth:`evaluate` then use calibrated conditionals and their products
-        as joints; :meth:`forward`, training and :meth:`validation_metrics` never do. The map is
-        a buffer saved by :meth:`save_pretrained`. Regression tasks keep the identity, and so do
-        binary tasks with fewer than ``min_rows`` observed rows or one class (with a warning).
-
-        Args:
-            val: held-out data with labels (a TensorFrame or a DataFrame with label columns).
-            method: ``"temperature"`` (``a = 1/T``, ``b = 0``), ``"platt"`` (``a`` and ``b``)
-                or ``"none"`` (reset to the identity).
-            batch_size: rows per forward pass.
-            min_rows: fewest observed rows a task needs to be fitted.
-
-        Returns:
-            ``self``.
-        """
-        if method not in CALIBRATION_METHODS:
-            raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
-        frame = self._as_frame(val)
-        if "labels" not in frame:
-            raise ValueError(
-                "calibrate needs labels: pass validation data with the tasks' label columns"
-            )
-        logits = self.predict_logits(frame, batch_size)
-        params, skipped = fit_calibration(
-            logits, frame["labels"], self.parents, self.binary, method, min_rows
-        )
-        if skipped:
-            names = ", ".join(f"{self.tasks[t].name!r} ({why})" for t, why in skipped.items())
-            warnings.warn(f"calibration left these tasks uncalibrated: {names}", stacklevel=2)
-        with torch.no_grad():
-            self.calibration.copy_(params.to(self.calibration))
-        self.calibration_method = None if method == "none" else method
-        return self
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Weights saved before calibration existed carry no map: load them as uncalibrated.
         key = prefix + "calibration"
@@ -514,3 +319,21 @@ class MultiTaskModel(nn.Module):
         also raise :class:`CheckpointError`.
         """
         return load_pretrained(cls, directory, schema, map_location)
+
+
+def _check_width(
+    out: Any, rows: int | None, module: nn.Module, what: str, width: int = -1, unit: str = ""
+) -> int:
+    """Raise ``ValueError`` naming ``module`` and both shapes unless ``out`` is a ``[rows,
+    width]`` tensor (``width`` -1: any); returns its row count."""
+    name = type(module).__name__
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{what} ({name}) returned {type(out).__name__}, not a tensor")
+    want = f"[{'B' if rows is None else rows}, {width if width >= 0 else 'D'}]"
+    declared = f" ({width} {unit or 'declared out_dim'})" if width >= 0 else ""
+    bad_rows = rows is not None and out.dim() == 2 and out.shape[0] != rows
+    if out.dim() != 2 or bad_rows or (width >= 0 and out.shape[1] != width):
+        raise ValueError(
+            f"{what} ({name}) returned shape {tuple(out.shape)}, expected {want}{declared}"
+        )
+    return int(out.shape[0])
