@@ -4,18 +4,22 @@ Conventions used by every re-ranker in :mod:`recsys_mt.rerank`:
 
 * ``scores`` is ``[B, N]`` (``B`` users/requests, ``N`` candidates per user).  A 1-D ``[N]``
   tensor is accepted as a single user; the result is then 1-D as well.
-* The result is a ``LongTensor [B, k']`` of *positions into N* in selection order, with
-  ``k' = min(k, N)``.  ``k > N`` is not an error: every candidate is ranked.
-* Rows with fewer than ``k'`` valid candidates are right-padded with :data:`PAD` (``-1``); a
-  ``-1`` never appears before a real index.  :meth:`Reranker.select` also returns the boolean
-  validity mask of the slots.
-* A candidate is valid when ``mask`` is True *and* its score is finite (NaN / ``±inf`` scores are
-  treated as padding).  Invalid and already chosen candidates are never selected.
+* The result is a ``LongTensor [B, k']`` of *positions into N* in selection order, on the
+  device of ``scores``, with ``k' = min(k, N)``.  ``k > N`` is not an error: every candidate is
+  ranked.  ``k = 0``, ``N = 0`` and ``B = 0`` give an empty ``[B, k']`` result.
+* Rows with fewer than ``k'`` valid candidates are right-padded with :data:`PAD` (``-1``): row
+  ``b`` holds exactly ``min(k', n_valid[b])`` distinct valid positions followed by ``-1``.
+  :meth:`Reranker.select` also returns the boolean validity mask of the slots.
+* A candidate is valid when ``mask`` is True *and* its score is not ``-inf`` (``-inf`` marks an
+  absent candidate).  A NaN or ``+inf`` score at an unmasked candidate raises ``ValueError``
+  naming the row and candidate; masked candidates may hold anything.  Invalid and already chosen
+  candidates are never selected.
 * Ties are broken deterministically towards the lowest candidate index.
 * Relevance is normalised per row over the valid candidates before it is mixed with similarity
   or coverage terms (``normalize="minmax"`` by default, see :func:`normalize_relevance`).
-* Similarities are cosine similarities: item vectors are L2-normalised once (zero vectors stay
-  zero and are similar to nothing).
+* Similarities are cosine similarities: item vectors are L2-normalised once, overflow- and
+  underflow-safe (zero vectors stay zero and are similar to nothing).  A NaN / ``±inf`` entry in
+  the vector of a valid candidate raises ``ValueError``; invalid candidates' vectors are ignored.
 * All work is batched over users on the device of ``scores``; only the ``k`` greedy selection
   steps are a Python loop.
 """
@@ -23,13 +27,14 @@ Conventions used by every re-ranker in :mod:`recsys_mt.rerank`:
 from __future__ import annotations
 
 import abc
-import math
-import threading
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from ._checks import batch_shaped, check_k, integer_tensor
+from ._checks import prepare_scores as _prepare_scores
+from ._vectors import UnitVectors, release_workspace, unit_vectors
 
 __all__ = [
     "PAD",
@@ -51,12 +56,10 @@ NORMALIZATIONS = (None, "minmax", "softmax")
 _NEG_INF = float("-inf")
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype in (torch.float32, torch.float64):
-        return dtype
-    if dtype.is_floating_point:  # float16 / bfloat16: compute in float32
-        return torch.float32
-    return torch.get_default_dtype()
+def check_normalize(method: object) -> None:
+    """Raise ``ValueError`` unless ``method`` is one of :data:`NORMALIZATIONS`."""
+    if not (method is None or (isinstance(method, str) and method in NORMALIZATIONS)):
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {method!r}")
 
 
 def normalize_relevance(scores: Tensor, valid: Tensor, method: str | None = "minmax") -> Tensor:
@@ -66,24 +69,29 @@ def normalize_relevance(scores: Tensor, valid: Tensor, method: str | None = "min
         scores: ``[B, N]`` floating scores.
         valid: ``[B, N]`` bool, True for valid candidates.
         method: ``"minmax"`` maps the valid scores of each row affinely onto ``[0, 1]``
-            (``(s - min) / (max - min)``; a row whose valid scores are all equal maps to ``1``);
+            (``(s - min) / (max - min)``; a row whose valid scores are all equal maps to ``1``;
+            rows whose span ``max - min`` overflows are divided by ``max |s|`` first);
             ``"softmax"`` is the softmax over the valid candidates of the row (sums to 1);
             ``None`` keeps the raw scores.
 
     Returns:
-        ``[B, N]`` tensor of the same dtype; invalid entries are ``0``.
+        ``[B, N]`` tensor of the same dtype; invalid entries are ``0``.  Finite valid scores give
+        finite relevance (``[0, 1]`` for ``"minmax"`` and ``"softmax"``).
     """
-    if method not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {method!r}")
+    check_normalize(method)
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
-    if method is None:
+    if method is None or scores.shape[-1] == 0:
         return torch.where(valid, scores, zero)
     if method == "minmax":
         lo = torch.where(valid, scores, torch.inf).amin(dim=1, keepdim=True)
         hi = torch.where(valid, scores, -torch.inf).amax(dim=1, keepdim=True)
         span = hi - lo
         flat = ~(span > 0)  # constant rows (and rows without valid candidates)
-        rel = (scores - torch.where(flat, zero, lo)) / torch.where(flat, 1.0, span)
+        # hi - lo overflows (e.g. scores of +-3e38): map the scaled scores s / max|s| instead
+        big = (span == torch.inf) & ~flat
+        unit = torch.where(big, torch.maximum(hi.abs(), lo.abs()), 1.0)
+        lo = torch.where(flat, zero, lo / unit)
+        rel = (scores / unit - lo) / torch.where(flat, 1.0, hi / unit - lo)
         rel = torch.where(flat, torch.ones_like(rel), rel)
         return torch.where(valid, rel, zero)
     logits = torch.where(valid, scores, -torch.inf)
@@ -98,7 +106,7 @@ def relevance_order(scores: Tensor, k: int, mask: Tensor | None = None) -> Tenso
     ties towards the lowest index, padding ``-1``.
     """
     scores, valid, squeeze = _prepare_scores(scores, mask)
-    k = _check_k(k, scores.shape[1])
+    k = check_k(k, scores.shape[1])
     out = _relevance_fill(torch.where(valid, scores, _NEG_INF), k)
     return out.squeeze(0) if squeeze else out
 
@@ -131,7 +139,7 @@ class RerankInputs:
 
     Attributes:
         scores: ``[B, N]`` raw scores in the compute dtype, ``-inf`` at invalid candidates.
-        valid: ``[B, N]`` bool validity (mask AND finite score).
+        valid: ``[B, N]`` bool validity (mask AND score > -inf).
         rel: ``[B, N]`` normalised relevance (``0`` at invalid candidates).
         item_vectors: ``[B, N, d]`` raw vectors or None.
         item_ids / catalog: ``[B, N]`` long ids into ``catalog [M, d]``, or None.
@@ -152,53 +160,25 @@ class RerankInputs:
         """L2-normalised item vectors (see :class:`UnitVectors`).
 
         Raises:
-            ValueError: when neither ``item_vectors`` nor ``item_ids`` + ``catalog`` was given.
+            ValueError: when neither ``item_vectors`` nor ``item_ids`` + ``catalog`` was given,
+                when a valid candidate's id is outside the catalog, or when the vector of a valid
+                candidate has a NaN / ``±inf`` entry (the message names row and candidate).
         """
-        if self.item_vectors is not None:
-            vecs = self.item_vectors
-        elif self.item_ids is not None and self.catalog is not None:
-            ids = torch.where(self.valid, self.item_ids, torch.zeros_like(self.item_ids))
-            vecs = self.catalog[ids]
-        else:
+        self.require_vectors()
+        return unit_vectors(
+            self.item_vectors, self.item_ids, self.catalog, self.valid, self.scores.dtype
+        )
+
+    def require_vectors(self) -> None:
+        """Raise ``ValueError`` unless ``item_vectors`` or ``item_ids`` + ``catalog`` was given."""
+        if self.item_vectors is None and (self.item_ids is None or self.catalog is None):
             raise ValueError("this re-ranker needs item_vectors [B, N, d] or item_ids + catalog")
-        dtype = self.scores.dtype
-        vecs = vecs.to(dtype)
-        norm = torch.linalg.vector_norm(vecs, dim=-1)  # [B, N]
-        nonzero = norm > 0
-        inv = torch.where(nonzero, 1.0 / torch.where(nonzero, norm, 1.0), 0.0)
-        bsz, n, d = vecs.shape
-        unit_t = _workspace((bsz, d, n), dtype, vecs.device)
-        unit_t.copy_(vecs.transpose(1, 2))  # copy_ has a fast (blocked) transpose path
-        unit_t.mul_(inv.unsqueeze(1))
-        return UnitVectors(unit_t, nonzero, vecs, inv)
 
     def valid_counts(self, k: int) -> tuple[Tensor, int]:
         """``(n_valid [B], steps)``: valid candidates per row and ``min(k, max_b n_valid)``."""
         n_valid = self.valid.sum(dim=1)
         steps = min(k, int(n_valid.max())) if n_valid.numel() else 0
         return n_valid, steps
-
-
-class UnitVectors(NamedTuple):
-    """Cosine-similarity view of the item vectors of a batch.
-
-    Attributes:
-        t: ``[B, d, N]`` contiguous, ``t[b, :, i]`` = unit vector of candidate ``i`` (zero for a
-            zero vector).  The transposed layout makes the per-step similarity row ``v_j^T V`` a
-            ``[1, d] x [d, N]`` product per user, the fastest form of ``torch.bmm``.
-        nonzero: ``[B, N]`` bool, False for zero vectors.
-        raw: ``[B, N, d]`` the input vectors (for cheap contiguous row gathers).
-        inv_norm: ``[B, N]`` reciprocal norms (0 for zero vectors).
-    """
-
-    t: Tensor
-    nonzero: Tensor
-    raw: Tensor
-    inv_norm: Tensor
-
-    def rows(self, rows: Tensor, index: Tensor) -> Tensor:
-        """Unit vectors of candidate ``index[b]`` of every row ``b``: ``[B, 1, d]``."""
-        return (self.raw[rows, index] * self.inv_norm[rows, index].unsqueeze(1)).unsqueeze(1)
 
 
 class Reranker(abc.ABC):
@@ -212,8 +192,7 @@ class Reranker(abc.ABC):
     """
 
     def __init__(self, normalize: str | None = "minmax") -> None:
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        check_normalize(normalize)
         self.normalize = normalize
 
     # -- public API ----------------------------------------------------------------------------
@@ -233,8 +212,9 @@ class Reranker(abc.ABC):
 
         Args:
             scores: ``[B, N]`` relevance scores (higher = better), or ``[N]`` for one user.
-            k: list length to select (``>= 0``); ``k > N`` returns all ``N`` candidates ranked.
-            mask: ``[B, N]`` bool, True = valid candidate (default: all valid).
+            k: list length to select, an int ``>= 0``; ``k > N`` ranks all ``N`` candidates.
+            mask: ``[B, N]`` bool, True = valid candidate (default: all valid).  Scores of
+                unmasked candidates must not be NaN or ``+inf``; ``-inf`` marks them absent.
             item_vectors: ``[B, N, d]`` item embeddings for similarity-based methods.
             item_ids: ``[B, N]`` long ids into ``catalog`` (alternative to ``item_vectors``).
             catalog: ``[M, d]`` embedding table indexed by ``item_ids``.
@@ -244,8 +224,16 @@ class Reranker(abc.ABC):
         Inputs a method does not use are ignored, so re-rankers are interchangeable.
 
         Returns:
-            ``LongTensor [B, min(k, N)]`` of candidate positions in selection order, padded with
-            ``-1`` in rows that run out of valid candidates.
+            ``LongTensor [B, min(k, N)]`` on the device of ``scores``: candidate positions in
+            selection order; row ``b`` holds ``min(k, N, n_valid[b])`` distinct valid positions
+            followed by ``-1`` padding.  Empty (``[B, 0]`` / ``[0, min(k, N)]``) when ``k``,
+            ``N`` or ``B`` is 0.
+
+        Raises:
+            TypeError: ``k`` is not an int; a float mask; float / bool ids or categories.
+            ValueError: inconsistent shapes, a NaN / ``+inf`` score of an unmasked candidate, a
+                non-finite vector of a valid candidate, an id outside the catalog, a missing
+                input the method needs, ... (messages name the argument, shape and position).
         """
         return self.select(
             scores,
@@ -271,49 +259,74 @@ class Reranker(abc.ABC):
         user_category_pref: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Like :meth:`__call__` but returns ``(indices [B, k'], slot_valid [B, k'] bool)``."""
-        raw, valid, squeeze = _prepare_scores(scores, mask)
-        n = raw.shape[1]
-        k = _check_k(k, n)
-        device = raw.device
+        with torch.no_grad():
+            raw, valid, squeeze = _prepare_scores(scores, mask)
+            k = check_k(k, raw.shape[1])
+            inputs = self._inputs(
+                raw,
+                valid,
+                squeeze,
+                item_vectors=item_vectors,
+                item_ids=item_ids,
+                catalog=catalog,
+                categories=categories,
+                user_category_pref=user_category_pref,
+            )
+            self._check_inputs(inputs)
+            if k == 0 or raw.shape[0] == 0:
+                out = torch.empty(raw.shape[0], k, dtype=torch.long, device=raw.device)
+            else:
+                out = self._rerank(inputs, k)
+        slot_valid = out >= 0
+        if squeeze:
+            return out.squeeze(0), slot_valid.squeeze(0)
+        return out, slot_valid
 
-        def batched(t: Tensor | None, name: str, tail: int) -> Tensor | None:
-            if t is None:
-                return None
-            t = torch.as_tensor(t, device=device)
-            if squeeze:
-                t = t.unsqueeze(0)
-            if t.dim() != 2 + tail or tuple(t.shape[:2]) != tuple(raw.shape):
-                want = "[B, N" + ", d" * tail + "]"
-                raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
-            return t
-
-        vecs = batched(item_vectors, "item_vectors", 1)
-        ids = batched(item_ids, "item_ids", 0)
-        cats = batched(categories, "categories", 0)
+    def _inputs(
+        self,
+        raw: Tensor,
+        valid: Tensor,
+        squeeze: bool,
+        *,
+        item_vectors: Tensor | None,
+        item_ids: Tensor | None,
+        catalog: Tensor | None,
+        categories: Tensor | None,
+        user_category_pref: Tensor | None,
+    ) -> RerankInputs:
+        """Shape-check the optional inputs and bundle them with the scores."""
+        device, shape = raw.device, raw.shape
+        vecs = batch_shaped(item_vectors, "item_vectors", 1, shape, squeeze, device)
+        ids = batch_shaped(item_ids, "item_ids", 0, shape, squeeze, device)
+        cats = batch_shaped(categories, "categories", 0, shape, squeeze, device)
         if vecs is not None and ids is not None:
             raise ValueError("pass either item_vectors or item_ids + catalog, not both")
         if (ids is None) != (catalog is None):
             raise ValueError("item_ids and catalog must be given together")
         if ids is not None:
-            ids = ids.long()
+            ids = integer_tensor(ids, "item_ids")
             catalog = torch.as_tensor(catalog, device=device)
             if catalog.dim() != 2:
                 raise ValueError(f"catalog must have shape [M, d], got {tuple(catalog.shape)}")
+        for name, t in (("item_vectors", vecs), ("catalog", catalog)):
+            if t is not None and (t.dtype.is_complex or t.dtype == torch.bool):
+                raise TypeError(f"{name} must be a real tensor, got dtype {t.dtype}")
         if cats is not None:
-            if cats.dtype.is_floating_point or cats.dtype == torch.bool:
-                raise TypeError("categories must be an integer tensor")
-            cats = cats.long()
+            cats = integer_tensor(cats, "categories")
         pref = user_category_pref
         if pref is not None:
-            pref = torch.as_tensor(pref, device=device).to(raw.dtype)
+            pref = torch.as_tensor(pref, device=device)
+            if pref.dtype.is_complex:
+                raise TypeError(f"user_category_pref must be real, got dtype {pref.dtype}")
+            pref = pref.to(raw.dtype)
             if squeeze:
                 pref = pref.unsqueeze(0)
             if pref.dim() != 2 or pref.shape[0] != raw.shape[0]:
                 raise ValueError(
-                    f"user_category_pref must have shape [B, C], got {tuple(pref.shape)}"
+                    f"user_category_pref must have shape [B, C] with B = {raw.shape[0]}, "
+                    f"got {tuple(pref.shape)}"
                 )
-
-        inputs = RerankInputs(
+        return RerankInputs(
             scores=torch.where(valid, raw, _NEG_INF),
             valid=valid,
             rel=normalize_relevance(raw, valid, self.normalize),
@@ -323,84 +336,22 @@ class Reranker(abc.ABC):
             categories=cats,
             user_category_pref=pref,
         )
-        if k == 0:
-            out = torch.empty(raw.shape[0], 0, dtype=torch.long, device=device)
-        else:
-            with torch.no_grad():
-                out = self._rerank(inputs, k)
-        slot_valid = out >= 0
-        if squeeze:
-            return out.squeeze(0), slot_valid.squeeze(0)
-        return out, slot_valid
 
-    # -- subclass hook -------------------------------------------------------------------------
+    # -- subclass hooks ------------------------------------------------------------------------
+    def _check_inputs(self, inputs: RerankInputs) -> None:
+        """Raise ``ValueError`` when an input the configured method needs is missing or invalid.
+
+        Called for every call, including empty inputs (``B``, ``N`` or ``k`` = 0), so that
+        argument errors do not depend on the batch size.  The default accepts everything.
+        """
+        return None
+
     @abc.abstractmethod
     def _rerank(self, inputs: RerankInputs, k: int) -> Tensor:
         """Return ``[B, k]`` selected positions (``1 <= k <= N``), ``-1`` padded."""
 
 
 # -- private helpers ---------------------------------------------------------------------------
-def _prepare_scores(scores: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, bool]:
-    scores = torch.as_tensor(scores)
-    squeeze = scores.dim() == 1
-    if squeeze:
-        scores = scores.unsqueeze(0)
-    if scores.dim() != 2:
-        raise ValueError(f"scores must have shape [B, N] or [N], got {tuple(scores.shape)}")
-    scores = scores.to(_compute_dtype(scores.dtype))
-    valid = torch.isfinite(scores)
-    if mask is not None:
-        mask = torch.as_tensor(mask, device=scores.device)
-        if mask.dtype.is_floating_point or mask.dtype.is_complex:
-            raise TypeError("mask must be a bool tensor (True = valid candidate)")
-        if squeeze:
-            mask = mask.unsqueeze(0)
-        if mask.shape != scores.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} != scores {tuple(scores.shape)}")
-        valid &= mask.bool()
-    return scores, valid, squeeze
-
-
-def _check_k(k: int, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        try:
-            k = int(k.__index__())  # numpy / torch integer scalars
-        except AttributeError:
-            raise TypeError(f"k must be an int, got {type(k).__name__}") from None
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    return min(k, n)
-
-
-_LOCAL = threading.local()
-
-
-def _workspace(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Uninitialised scratch tensor for the ``[B, d, N]`` unit vectors, reused on CPU per thread.
-
-    Fresh multi-megabyte CPU allocations are page-faulted in on first touch, which costs about as
-    much as a pass over the data; keeping the thread's largest workspace avoids that on repeated
-    calls (it is released by :func:`release_workspace`).  CUDA uses PyTorch's caching allocator.
-    """
-    if device.type != "cpu":
-        return torch.empty(shape, dtype=dtype, device=device)
-    numel = math.prod(shape)
-    buf = getattr(_LOCAL, "buffer", None)
-    if buf is None or buf.dtype != dtype or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=dtype)
-        _LOCAL.buffer = buf
-    return buf[:numel].view(shape)
-
-
-def release_workspace() -> None:
-    """Free the calling thread's cached re-ranking workspace.
-
-    On CPU the re-rankers keep the ``[B, d, N]`` normalised-vector scratch buffer of the last
-    (largest) call alive per thread so that repeated calls do not pay for fresh page faults.
-    """
-    _LOCAL.buffer = None
-
-
 def _pad_rows(out: Tensor, n_valid: Tensor) -> Tensor:
     """Set slots ``t >= n_valid[b]`` of ``out [B, k]`` to ``PAD`` (in place) and return it."""
     slots = torch.arange(out.shape[1], device=out.device).unsqueeze(0)

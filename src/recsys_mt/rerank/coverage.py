@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_fraction, first_index
 from .base import PAD, Reranker, RerankInputs, _relevance_fill
 
 __all__ = ["CategoryCoverage", "category_distribution"]
@@ -15,20 +16,41 @@ MODES = ("xquad", "calibrated")
 def category_distribution(
     categories: Tensor, weights: Tensor, valid: Tensor, num_categories: int
 ) -> Tensor:
-    """Per-row category distribution ``P(c) ∝ sum_{valid i in c} weights_i`` as ``[B, C]``.
+    """Per-row category distribution ``P(c) ∝ sum_{valid i in c} max(weights_i, 0)`` as ``[B, C]``.
 
-    Rows whose valid weights sum to zero fall back to category counts; uncategorised (negative)
-    candidates are ignored; rows without any categorised candidate are all zero.
+    Args:
+        categories: ``[B, N]`` long ids in ``[0, num_categories)``, negative = uncategorised.
+        weights: ``[B, N]`` finite weights at the valid candidates (negative ones count as 0).
+        valid: ``[B, N]`` bool.
+        num_categories: ``C``.
+
+    Returns:
+        ``[B, C]`` rows summing to 1.  Rows whose valid weights sum to zero fall back to category
+        counts; uncategorised (negative) candidates are ignored; rows without any categorised
+        candidate are all zero.  Weights whose sum overflows are scaled by the row maximum.
     """
     has_cat = valid & (categories >= 0)
     idx = torch.where(has_cat, categories, torch.zeros_like(categories))
-    w = torch.where(has_cat, weights, torch.zeros_like(weights))
+    w = torch.where(has_cat, weights, torch.zeros_like(weights)).clamp_min(0.0)
     dist = torch.zeros(w.shape[0], num_categories, dtype=w.dtype, device=w.device)
     dist.scatter_add_(1, idx, w)
-    total = dist.sum(dim=1, keepdim=True)
+    if not bool(torch.isfinite(dist).all()):  # huge raw weights: sum them scaled
+        dist.zero_().scatter_add_(1, idx, w / w.amax(dim=1, keepdim=True).clamp_min(1.0))
     counts = torch.zeros_like(dist).scatter_add_(1, idx, has_cat.to(w.dtype))
-    dist = torch.where(total > 0, dist, counts)
     total = dist.sum(dim=1, keepdim=True)
+    dist = torch.where(total > 0, dist, counts)
+    return _to_distribution(dist)
+
+
+def _to_distribution(dist: Tensor) -> Tensor:
+    """Rows of the finite non-negative ``dist [B, C]`` divided by their sum (zero rows stay 0).
+
+    Rows whose sum overflows are divided by their maximum first.
+    """
+    total = dist.sum(dim=1, keepdim=True)
+    if not bool(torch.isfinite(total).all()):
+        dist = dist / dist.amax(dim=1, keepdim=True).clamp_min(1.0)
+        total = dist.sum(dim=1, keepdim=True)
     return dist / torch.where(total > 0, total, torch.ones_like(total))
 
 
@@ -67,8 +89,14 @@ class CategoryCoverage(Reranker):
         alpha: calibrated-mode smoothing in ``(0, 1]``.
         normalize: relevance normalisation (``"minmax"``, ``"softmax"`` or ``None``).
 
+    Without ``user_category_pref`` the category ids may be any non-negative int64 (sparse ids are
+    numbered densely internally).  In calibrated mode, target entries so small that ``alpha * p``
+    underflows contribute ``p log(p / tiny)`` (``tiny`` = smallest normal float), so the KL stays
+    finite and every row still gets ``min(k, N, n_valid)`` items.
+
     Call: ``CategoryCoverage(0.5)(scores [B, N], k, mask=..., categories=[B, N],
-    user_category_pref=[B, C] | None) -> LongTensor [B, min(k, N)]``.
+    user_category_pref=[B, C] | None) -> LongTensor [B, min(k, N)]``, ``-1`` padded in rows with
+    fewer valid candidates (see :class:`~recsys_mt.rerank.base.Reranker`).
     """
 
     def __init__(
@@ -81,19 +109,12 @@ class CategoryCoverage(Reranker):
         normalize: str | None = "minmax",
     ) -> None:
         super().__init__(normalize)
-        lambda_ = float(lambda_)
-        if not 0.0 <= lambda_ <= 1.0:
-            raise ValueError(f"lambda_ must be in [0, 1], got {lambda_}")
-        if mode not in MODES:
+        if not (isinstance(mode, str) and mode in MODES):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-        self.lambda_ = lambda_
+        self.lambda_ = check_fraction("lambda_", lambda_)
         self.mode = mode
-        self.gamma = float(gamma)
-        self.alpha = float(alpha)
+        self.gamma = check_fraction("gamma", gamma, open_low=True)
+        self.alpha = check_fraction("alpha", alpha, open_low=True)
 
     def __repr__(self) -> str:
         return (
@@ -101,27 +122,43 @@ class CategoryCoverage(Reranker):
             f"alpha={self.alpha}, normalize={self.normalize!r})"
         )
 
+    def _check_inputs(self, inputs: RerankInputs) -> None:
+        pref = inputs.user_category_pref
+        if pref is not None and not bool((torch.isfinite(pref) & (pref >= 0)).all()):
+            b, c = first_index(~(torch.isfinite(pref) & (pref >= 0)))
+            raise ValueError(
+                f"user_category_pref must be finite and non-negative, got {float(pref[b, c])} "
+                f"at [{b}, {c}] of {tuple(pref.shape)}"
+            )
+        if self.lambda_ > 0.0 and inputs.categories is None:
+            raise ValueError("CategoryCoverage needs categories [B, N]")
+
     def _rerank(self, inputs: RerankInputs, k: int) -> Tensor:
         if self.lambda_ == 0.0:
             return _relevance_fill(inputs.scores, k)
         cats = inputs.categories
-        if cats is None:
-            raise ValueError("CategoryCoverage needs categories [B, N]")
         valid = inputs.valid
         has_cat = valid & (cats >= 0)
         cat_idx = torch.where(has_cat, cats, torch.zeros_like(cats))
         pref = inputs.user_category_pref
         if pref is not None:
             num_cat = pref.shape[1]
-            if bool((cat_idx >= num_cat).any()):
-                raise ValueError(f"categories must be < user_category_pref.shape[1] = {num_cat}")
-            if bool((pref < 0).any()) or not bool(torch.isfinite(pref).all()):
-                raise ValueError("user_category_pref must be finite and non-negative")
-            total = pref.sum(dim=1, keepdim=True)
-            pref = pref / torch.where(total > 0, total, torch.ones_like(total))
+            too_big = has_cat & (cats >= num_cat)
+            if bool(too_big.any()):
+                b, i = first_index(too_big)
+                raise ValueError(
+                    f"categories[{b}, {i}] = {int(cats[b, i])} must be < "
+                    f"user_category_pref.shape[1] = {num_cat} (categories {tuple(cats.shape)})"
+                )
+            if num_cat == 0:  # only uncategorised candidates: one empty category
+                pref = pref.new_zeros(pref.shape[0], 1)
+            pref = _to_distribution(pref)
         else:
-            num_cat = int(cat_idx.max()) + 1 if cat_idx.numel() else 1
-            pref = category_distribution(cats, inputs.rel, valid, num_cat)
+            num_cat = int(cat_idx.max()) + 1
+            if num_cat > cats.shape[1]:  # sparse ids: number the categories present densely
+                cat_idx = torch.unique(cat_idx, return_inverse=True)[1]
+                num_cat = int(cat_idx.max()) + 1
+            pref = category_distribution(cat_idx, inputs.rel, has_cat, num_cat)
         if self.mode == "xquad":
             return self._xquad(inputs, k, pref, cat_idx, has_cat)
         return self._calibrated(inputs, k, pref, cat_idx, has_cat)
@@ -173,8 +210,13 @@ class CategoryCoverage(Reranker):
         hc = has_cat.to(dtype)
         out = torch.full((bsz, k), PAD, dtype=torch.long, device=device)
 
+        # x >= alpha * p > 0 on the support, but alpha * p underflows for tiny (subnormal) p:
+        # clamping at the smallest normal keeps every KL term finite (p * log(tiny) ~ 0).
+        tiny = torch.finfo(dtype).tiny
+
         def plog(x: Tensor) -> Tensor:  # p * log(x) restricted to the support of p
-            return torch.where(support, pref * torch.log(torch.where(support, x, 1.0)), zero)
+            x = torch.where(support, x, 1.0).clamp_min_(tiny)
+            return torch.where(support, pref * torch.log(x), zero)
 
         for t in range(k):
             # Adding i (category c_i) to S (|S| = t):  q~(c) = (1-a)(n_c + [c = c_i])/(t+1) + a p_c

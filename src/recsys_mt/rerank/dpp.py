@@ -7,7 +7,9 @@ import math
 import torch
 from torch import Tensor
 
-from .base import PAD, Reranker, RerankInputs, UnitVectors, _pad_rows, _relevance_fill
+from ._checks import check_finite_number, check_fraction, check_int
+from ._vectors import UnitVectors
+from .base import PAD, Reranker, RerankInputs, _pad_rows, _relevance_fill
 
 __all__ = ["DPP", "dpp_tolerance"]
 
@@ -59,6 +61,14 @@ class DPP(Reranker):
     (Givens rotations of ``Q``, ``O(w d)``) plus one ``[1, d] x [d, N]`` product that returns the
     removed direction to the residuals.  ``window=None`` (default) uses the whole list.
 
+    Raw scores (``normalize=None``) whose quality term ``2 alpha rel_i`` overflows are shifted by
+    the row's best relevance first; candidates then at ``-inf`` are reachable only through the
+    relevance-order fill.
+
+    Call: ``DPP(0.7)(scores [B, N], k, mask=..., item_vectors=[B, N, d])`` (or ``item_ids`` +
+    ``catalog``) ``-> LongTensor [B, min(k, N)]``, ``-1`` padded in rows with fewer valid
+    candidates (see :class:`~recsys_mt.rerank.base.Reranker`).
+
     Args:
         theta: relevance/diversity trade-off in ``[0, 1]`` (``1`` = pure relevance).
         window: sliding window size ``w >= 1`` or ``None``.
@@ -75,16 +85,9 @@ class DPP(Reranker):
         normalize: str | None = "minmax",
     ) -> None:
         super().__init__(normalize)
-        theta = float(theta)
-        if not 0.0 <= theta <= 1.0:
-            raise ValueError(f"theta must be in [0, 1], got {theta}")
-        if window is not None and (isinstance(window, bool) or int(window) < 1):
-            raise ValueError(f"window must be None or an int >= 1, got {window!r}")
-        if not (eps >= 0.0 and math.isfinite(eps)):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps}")
-        self.theta = theta
-        self.window = None if window is None else int(window)
-        self.eps = float(eps)
+        self.theta = check_fraction("theta", theta)
+        self.window = None if window is None else check_int("window", window, 1)
+        self.eps = check_finite_number("eps", eps, 0.0)
 
     def __repr__(self) -> str:
         return (
@@ -96,6 +99,10 @@ class DPP(Reranker):
     def alpha(self) -> float:
         """``theta / (2 (1 - theta))`` (``inf`` for ``theta = 1``)."""
         return math.inf if self.theta == 1.0 else self.theta / (2.0 * (1.0 - self.theta))
+
+    def _check_inputs(self, inputs: RerankInputs) -> None:
+        if self.theta < 1.0:
+            inputs.require_vectors()
 
     def _rerank(self, inputs: RerankInputs, k: int) -> Tensor:
         if self.theta == 1.0:
@@ -123,6 +130,12 @@ class DPP(Reranker):
         # exp(2*alpha*rel_i - max) * dS_i^2 is used (one multiply per step instead of log + add);
         # otherwise the log form.  Unavailable candidates get weight 0 / quality -inf.
         quality = inputs.rel * (2.0 * self.alpha)
+        if not bool(torch.isfinite(quality[valid]).all()):
+            # raw scores (normalize=None) times a large alpha overflow: shift by the row's best
+            # relevance first; -inf then marks candidates hopelessly less relevant than it, which
+            # only the relevance-order fill can pick
+            best_rel = torch.where(valid, inputs.rel, neg_inf).amax(dim=1, keepdim=True)
+            quality = (inputs.rel - best_rel) * (2.0 * self.alpha)
         top = torch.where(valid, quality, neg_inf).amax(dim=1, keepdim=True)
         low = torch.where(valid, quality, torch.inf).amin(dim=1, keepdim=True)
         spread = torch.where(valid.any(dim=1, keepdim=True), top - low, 0.0).max()

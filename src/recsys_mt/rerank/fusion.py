@@ -7,7 +7,10 @@ Every fusion is a callable ``fusion(scores)`` where ``scores`` is either
 * a mapping ``{name: Tensor}`` of same-shaped tensors (e.g. ``[B, N]``) -> returns a ``Tensor`` of
   that shape (floating; integer inputs are promoted to the default float dtype).
 
-A missing objective raises ``KeyError`` naming it and listing the available ones.  Fusions
+A missing objective raises ``KeyError`` naming it and listing the available ones.
+:class:`WeightedSum` and :class:`WeightedProduct` accumulate in float64 and saturate: where all
+their inputs are finite the result is finite (an overflow gives ``±finfo(dtype).max``), while
+non-finite inputs propagate (a ``-inf`` "absent" score stays ``-inf`` in a sum).  Fusions
 serialise to JSON-able dicts with :meth:`Fusion.to_config` and back with
 :meth:`Fusion.from_config`.
 """
@@ -104,6 +107,35 @@ def _check_params(params: Mapping[str, Any], what: str) -> dict[str, float]:
     return out
 
 
+def _saturate(value: Tensor, finite: Tensor, dtype: torch.dtype) -> Tensor:
+    """``value`` clamped to the finite range of ``dtype`` where ``finite`` (elsewhere as is)."""
+    big = torch.finfo(dtype).max
+    return torch.where(finite, value.clamp(-big, big), value)
+
+
+def _weighted_total(
+    cols: _Columns, params: Mapping[str, float], transform: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """``(sum_i params_i * transform(x_i), all x_i finite)`` in float64, overflow-saturated."""
+    total: Tensor | None = None
+    finite: Tensor | None = None
+    for name, p in params.items():
+        x = cols[name]
+        x = x.to(torch.float64) if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float64)
+        ok = torch.isfinite(x)
+        term = _saturate(transform(x) * p, ok, torch.float64)
+        finite = ok if finite is None else finite & ok
+        total = term if total is None else _saturate(total + term, finite, torch.float64)
+    return total, finite
+
+
+def _wrap_total(cols: _Columns, total: Tensor, finite: Tensor) -> Tensor | pd.Series:
+    """Saturate ``total`` to the output dtype and return it as the output kind."""
+    if cols.frame is not None:
+        return cols.wrap(_saturate(total, finite, torch.float64).numpy())
+    return _saturate(total, finite, cols.dtype).to(cols.dtype)
+
+
 class Fusion(abc.ABC):
     """Base class: ``fusion(scores) -> Tensor | pd.Series``."""
 
@@ -154,11 +186,7 @@ class WeightedSum(Fusion):
 
     def __call__(self, scores: ScoreInput) -> Tensor | pd.Series:
         cols = _Columns(scores)
-        total: Any = None
-        for name, w in self.weights.items():
-            term = cols[name] * w
-            total = term if total is None else total + term
-        return cols.wrap(total)
+        return _wrap_total(cols, *_weighted_total(cols, self.weights, lambda x: x))
 
     def to_config(self) -> dict[str, Any]:
         return {"type": self.kind, "weights": dict(self.weights)}
@@ -200,16 +228,11 @@ class WeightedProduct(Fusion):
 
     def __call__(self, scores: ScoreInput) -> Tensor | pd.Series:
         cols = _Columns(scores)
-        log_total: Any = None
-        for name, a in self.exponents.items():
-            x = cols[name]
-            if isinstance(x, Tensor):
-                term = torch.log(torch.clamp(x, min=self.eps)) * a
-            else:
-                term = np.log(np.maximum(x, self.eps)) * a
-            log_total = term if log_total is None else log_total + term
-        total = torch.exp(log_total) if isinstance(log_total, Tensor) else np.exp(log_total)
-        return cols.wrap(total)
+        eps = self.eps
+        log_total, finite = _weighted_total(
+            cols, self.exponents, lambda x: torch.log(torch.clamp(x, min=eps))
+        )
+        return _wrap_total(cols, torch.exp(log_total), finite)
 
     def to_config(self) -> dict[str, Any]:
         return {"type": self.kind, "exponents": dict(self.exponents), "eps": self.eps}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_fraction
 from .base import PAD, Reranker, RerankInputs, _pad_rows, _relevance_fill
 
 __all__ = ["MMR"]
@@ -30,18 +31,22 @@ class MMR(Reranker):
         normalize: relevance normalisation (``"minmax"``, ``"softmax"`` or ``None``).
 
     Call: ``MMR(0.7)(scores [B, N], k, mask=..., item_vectors=[B, N, d])`` (or ``item_ids`` +
-    ``catalog``) ``-> LongTensor [B, min(k, N)]``; see :class:`~recsys_mt.rerank.base.Reranker`.
+    ``catalog``) ``-> LongTensor [B, min(k, N)]``: row ``b`` holds ``min(k, N, n_valid[b])``
+    distinct valid positions, then ``-1`` padding; see :class:`~recsys_mt.rerank.base.Reranker`
+    (empty inputs give empty results; NaN / ``+inf`` scores and non-finite vectors of valid
+    candidates raise ``ValueError``).
     """
 
     def __init__(self, lambda_: float = 0.7, *, normalize: str | None = "minmax") -> None:
         super().__init__(normalize)
-        lambda_ = float(lambda_)
-        if not 0.0 <= lambda_ <= 1.0:
-            raise ValueError(f"lambda_ must be in [0, 1], got {lambda_}")
-        self.lambda_ = lambda_
+        self.lambda_ = check_fraction("lambda_", lambda_)
 
     def __repr__(self) -> str:
         return f"MMR(lambda_={self.lambda_}, normalize={self.normalize!r})"
+
+    def _check_inputs(self, inputs: RerankInputs) -> None:
+        if self.lambda_ < 1.0:
+            inputs.require_vectors()
 
     def _rerank(self, inputs: RerankInputs, k: int) -> Tensor:
         if self.lambda_ == 1.0:

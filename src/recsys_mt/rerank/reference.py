@@ -3,7 +3,7 @@
 These follow the definitions literally (one user at a time, float64) and are the oracle for the
 tests and the baseline of ``benchmarks/rerank.py``.  They share the conventions of the batched
 versions: relevance normalisation, ``-1`` padding, ``k' = min(k, N)``, lowest index wins ties,
-non-finite scores are invalid.
+``-inf`` scores are invalid and NaN / ``+inf`` scores of unmasked candidates raise ``ValueError``.
 
 Every function takes one user's arrays (``scores [N]``, ``vectors [N, d]``, ``categories [N]``)
 and returns ``int64 [min(k, N)]``.  :func:`per_user` runs one of them over a ``[B, N]`` batch.
@@ -30,10 +30,11 @@ __all__ = [
 
 
 def _valid(scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    valid = np.isfinite(scores)
-    if mask is not None:
-        valid &= np.asarray(mask, dtype=bool)
-    return valid
+    present = np.ones(scores.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    bad = present & (np.isnan(scores) | (scores == np.inf))
+    if bad.any():
+        raise ValueError(f"score of unmasked candidate {int(np.argmax(bad))} is NaN or +inf")
+    return present & (scores > -np.inf)
 
 
 def normalize_reference(
@@ -48,6 +49,9 @@ def normalize_reference(
         rel[valid] = s
     elif method == "minmax":
         lo, hi = s.min(), s.max()
+        if hi - lo == np.inf:  # the span overflows: map the scaled scores
+            top = max(abs(lo), abs(hi))
+            s, lo, hi = s / top, lo / top, hi / top
         rel[valid] = (s - lo) / (hi - lo) if hi > lo else 1.0
     elif method == "softmax":
         e = np.exp(s - s.max())
@@ -59,6 +63,9 @@ def normalize_reference(
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
     v = np.asarray(vectors, dtype=np.float64)
+    # exact power-of-two scaling: no overflow / underflow in the norm, same unit vectors
+    _, exponent = np.frexp(np.abs(v).max(axis=1, keepdims=True, initial=0.0))
+    v = np.ldexp(v, -exponent)
     norm = np.linalg.norm(v, axis=1, keepdims=True)
     inv = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
     return v * inv
@@ -140,7 +147,7 @@ def _category_pref(
     num = int(categories[has].max()) + 1 if has.any() else 1
     p = np.zeros(num)
     for i in np.flatnonzero(has):
-        p[categories[i]] += rel[i]
+        p[categories[i]] += max(rel[i], 0.0)
     if p.sum() <= 0:
         p = np.bincount(categories[has], minlength=num).astype(np.float64)
     total = p.sum()
@@ -230,7 +237,7 @@ def calibrated_reference(
                 if categories[j] >= 0:
                     q[categories[j]] += 1.0
             q /= len(selected) + 1
-            q_s = (1.0 - alpha) * q + alpha * p
+            q_s = np.maximum((1.0 - alpha) * q + alpha * p, np.finfo(np.float64).tiny)
             kl = float(np.sum(p[support] * np.log(p[support] / q_s[support])))
             score[i] = (1.0 - lambda_) * rel[i] - lambda_ * kl
         j = int(np.argmax(score))
