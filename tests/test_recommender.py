@@ -121,3 +121,20 @@ def test_duplicate_candidates_are_ranked_once(setup):
     out = rec.recommend(users, candidates=ragged, k=3)
     assert out.groupby("user").item.apply(lambda s: s.is_unique).all()
     assert out.groupby("user").size().tolist()[:2] == [1, 2]
+
+
+def test_missing_catalog_value_in_the_fusion_names_the_item(setup):
+    model, _, catalog, users = setup
+    holes = catalog.assign(margin=np.linspace(0.1, 0.5, len(catalog)))  # not a model feature
+    holes.loc[holes.index[4], "margin"] = np.nan
+    bad_item = int(holes.item_id.iloc[4])
+    rec = rm.Recommender(model, holes)
+    fusion = rm.WeightedSum(ctr=1.0, margin=0.1)
+    with pytest.raises(ValueError, match=rf"item {bad_item} for user row 0 .*\['margin'\]"):
+        rec.recommend(users, k=5, fusion=fusion)
+    # the default fusion does not read the margin: the hole is harmless there
+    assert len(rec.recommend(users, k=5)) == 25
+    # leaving the item out of the candidates works
+    others = [i for i in holes.item_id if i != bad_item]
+    out = rec.recommend(users, [others] * len(users), k=5, fusion=fusion)
+    assert bad_item not in set(out.item)

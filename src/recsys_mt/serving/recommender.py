@@ -203,6 +203,7 @@ class Recommender:
                 values = torch.as_tensor(self.catalog[col].to_numpy(np.float32))
                 objectives[col] = values[positions]
         scores = self._fuse(objectives, fusion)
+        self._check_scores(scores, mask, positions, objectives)
         scores = torch.where(mask, scores, torch.tensor(float("-inf")))
         extra: dict[str, Tensor] = {}
         if self._categories is not None:
@@ -217,6 +218,29 @@ class Recommender:
             else:
                 chosen = reranker(scores, k, mask=mask, **extra)
         return self._to_frame(users, positions, chosen, scores, objectives)
+
+    def _check_scores(
+        self, scores: Tensor, mask: Tensor, positions: Tensor, objectives: dict[str, Tensor]
+    ) -> None:
+        """``ValueError`` naming the user row, the item and the objectives behind a NaN / +inf
+        fused score of a real candidate (e.g. a catalog column with a missing price)."""
+        bad = mask & (torch.isnan(scores) | (scores == float("inf")))
+        if not bool(bad.any()):
+            return
+        b, i = (int(x) for x in bad.nonzero()[0])
+        item = self.catalog[self.item_key].iloc[int(positions[b, i])]
+        item = item.item() if hasattr(item, "item") else item  # numpy scalar -> plain value
+        culprits = [
+            name
+            for name, v in objectives.items()
+            if v.dim() == 2 and not bool(torch.isfinite(v[b, i].float()))
+        ]
+        raise ValueError(
+            f"the fused score of item {item!r} for user row {b} is {float(scores[b, i])}; "
+            f"non-finite objectives there: {culprits or 'none (the fusion made it)'}. Fill or "
+            "drop missing values in those catalog columns, or leave the item out of the "
+            "candidates"
+        )
 
     def _fuse(self, objectives: dict[str, Tensor], fusion) -> Tensor:
         if fusion is None:
