@@ -94,3 +94,53 @@ class BatchLoader:
             if self.device is not None:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             yield batch
+
+
+class SourceLoader:
+    """A streaming source (such as :class:`~recsys_mt.data.ParquetSource`) seen as a
+    :class:`BatchLoader`: ``set_epoch``, ``len`` (batches per rank, equal on every rank) and
+    iteration over this rank's batches, moved to ``device``.
+
+    The source must provide ``batches(epoch, rank, world_size, start_batch) -> Iterator[dict]``
+    and ``num_batches(rank, world_size) -> int``; ranks whose share ends early get empty
+    (0-row) batches, so that every rank takes the same number of steps.
+    """
+
+    def __init__(
+        self,
+        source: object,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str | None = None,
+    ):
+        missing = [m for m in ("batches", "num_batches") if not callable(getattr(source, m, None))]
+        if missing:
+            raise TypeError(f"{type(source).__name__} is not a streaming source: no {missing}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.source = source
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def __len__(self) -> int:
+        return int(self.source.num_batches(rank=self.rank, world_size=self.world_size))
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        for batch in self.source.batches(
+            self.epoch, rank=self.rank, world_size=self.world_size, start_batch=self.start_batch
+        ):
+            if self.device is not None:
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            yield batch
+
+
+def is_source(data: object) -> bool:
+    """True for streaming sources (``batches`` and ``num_batches`` methods), False for frames."""
+    return callable(getattr(data, "batches", None)) and callable(getattr(data, "num_batches", None))

@@ -145,6 +145,13 @@ class MultiTaskModel(InferenceMixin, nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def streamable(self) -> bool:
+        """Trainer protocol: False when an encoder must prepare whole frames (a text tower
+        indexes each frame's distinct texts), so batches from a streaming source cannot feed
+        it."""
+        return not any(callable(getattr(e, "prepare", None)) for e in self.encoders)
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Logits ``[B, T]`` (conditional log-odds for binary tasks, values for regression)."""
         return self._forward(batch)[1]
@@ -243,7 +250,8 @@ class MultiTaskModel(InferenceMixin, nn.Module):
             total = self.balancer(per)
         else:
             share = logits.shape[0] / window[0].clamp_min(1.0)
-            per = {k: v / share for k, v in per.items()}
+            if logits.shape[0]:  # an empty (padding) batch keeps its zero shares
+                per = {k: v / share for k, v in per.items()}
             total = self.balancer(per) * share
         out = {"loss": total}
         out.update({f"loss/{k}": v.detach() for k, v in per.items()})

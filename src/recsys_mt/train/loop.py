@@ -64,7 +64,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..data.frame import TensorFrame
-from ..data.loader import BatchLoader
+from ..data.loader import BatchLoader, SourceLoader
 from . import distributed as dist_utils
 from .optim import clip_grad_norm_
 
@@ -110,7 +110,9 @@ def _shown(key: str) -> bool:
 class EpochLoopMixin:
     """The epoch loop of :class:`~recsys_mt.train.Trainer` (uses its attributes)."""
 
-    def _windows(self, loader: BatchLoader) -> Iterator[list[tuple[int, dict[str, Tensor]]]]:
+    def _windows(
+        self, loader: BatchLoader | SourceLoader
+    ) -> Iterator[list[tuple[int, dict[str, Tensor]]]]:
         """The epoch's micro-batches grouped into optimiser steps of ``grad_accum_steps``."""
         window: list[tuple[int, dict[str, Tensor]]] = []
         for i, batch in enumerate(loader):
@@ -121,7 +123,9 @@ class EpochLoopMixin:
         if window:
             yield window
 
-    def _run_epoch(self, epoch: int, loader: BatchLoader, val: TensorFrame | None) -> None:
+    def _run_epoch(
+        self, epoch: int, loader: BatchLoader | SourceLoader, val: TensorFrame | None
+    ) -> None:
         model = self.model
         assert model is not None and self.optimizer is not None
         self.current_epoch = epoch
@@ -130,7 +134,6 @@ class EpochLoopMixin:
         self._call("on_train_epoch_start")
 
         n_batches = len(loader)
-        rank_rows = len(loader.frame) // self.world_size
         step_fn: Callable[..., Any] = self._ddp if self._ddp is not None else model.training_step
         bar = tqdm(
             total=n_batches,
@@ -170,7 +173,9 @@ class EpochLoopMixin:
                                 step_fn(batch) if counts is None else step_fn(batch, window=counts)
                             )
                         loss, extras = _parse_output(out)
-                        if counts is None:  # mean-reduced loss of this micro-batch
+                        if rows == 0:  # a rank's padding batch: no rows, zero gradients
+                            scaled = loss.float().nan_to_num(0.0) * 0.0
+                        elif counts is None:  # mean-reduced loss of this micro-batch
                             scaled = loss.float() * (rows / local_rows)
                             window_loss = window_loss + loss.detach().float() * rows
                         else:  # this micro-batch's share of the whole window's loss
@@ -180,7 +185,7 @@ class EpochLoopMixin:
                         if self.scaler is not None:
                             scaled = self.scaler.scale(scaled)
                         scaled.backward()
-                    for key, value in extras.items():
+                    for key, value in extras.items() if rows else ():
                         contrib = value.to(self.device) * rows
                         extra_sums[key] = (
                             extra_sums[key] + contrib if key in extra_sums else contrib
@@ -204,7 +209,10 @@ class EpochLoopMixin:
             if extra_sums:
                 keys = sorted(extra_sums)
                 sums = torch.stack([extra_sums[k].float() for k in keys])
-                sums = dist_utils.all_reduce_sum(sums) / (rank_rows * self.world_size)
+                total_rows = dist_utils.all_reduce_sum(
+                    torch.tensor(float(epoch_rows), device=self.device)
+                )
+                sums = dist_utils.all_reduce_sum(sums) / total_rows.clamp_min(1.0)
                 for key, v in zip(keys, sums.tolist()):
                     row[f"train/{key}"] = v
             row["lr"] = self._current_lr()
@@ -239,7 +247,7 @@ class EpochLoopMixin:
         ``FloatingPointError`` when it is not finite, before the optimiser step."""
         total = torch.stack([window_loss, torch.tensor(float(window_rows), device=self.device)])
         total = dist_utils.all_reduce_sum(total)
-        value = float(total[0] / total[1])
+        value = float(total[0] / total[1].clamp_min(1.0))
         if not math.isfinite(value):
             where = f"batch {first}" if first == last else f"batches {first}-{last}"
             raise FloatingPointError(

@@ -53,7 +53,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..data.frame import TensorFrame
-from ..data.loader import BatchLoader
+from ..data.loader import BatchLoader, SourceLoader, is_source
 from . import distributed as dist_utils
 from .callbacks import Callback, run_order
 from .checkpointing import CHECKPOINT_FORMAT, CheckpointMixin
@@ -317,7 +317,7 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
     def fit(
         self,
         model: nn.Module,
-        train: TensorFrame,
+        train: TensorFrame | Any,
         val: TensorFrame | None = None,
         resume_from: str | os.PathLike | None = None,
     ) -> nn.Module:
@@ -325,7 +325,10 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
 
         Args:
             model: a :class:`TrainableModel`. It is moved to the device and stays there.
-            train: training rows.
+            train: training rows: a :class:`~recsys_mt.data.TensorFrame`, or a streaming
+                source such as :class:`~recsys_mt.data.ParquetSource` (its own batch size,
+                shuffling and sharding by rank and worker apply; the trainer's ``batch_size``,
+                ``shuffle`` and ``data_on_device`` do not).
             val: validation rows (optional; needed for ``val/*`` metrics).
             resume_from: a checkpoint written by :meth:`save_checkpoint` (e.g. by
                 :class:`~recsys_mt.train.ModelCheckpoint`); training continues with the epoch
@@ -336,8 +339,14 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
             :class:`~recsys_mt.train.EarlyStopping` callback asks for it).
         """
         check_model(model, training=True, validation=val is not None)
+        streaming = is_source(train)
+        if streaming and not getattr(model, "streamable", True):
+            raise NotImplementedError(
+                f"{type(model).__name__} cannot train from a streaming source: one of its "
+                "encoders prepares whole frames (a text tower); train it from a TensorFrame"
+            )
         if len(train) == 0:
-            raise ValueError("the training frame is empty: nothing to train on")
+            raise ValueError("the training data is empty: nothing to train on")
         if val is not None and len(val) == 0:
             raise ValueError("the validation frame is empty; pass val=None to skip validation")
         if self.num_threads is not None:
@@ -371,22 +380,27 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
 
         prepare = getattr(model, "prepare", None)  # optional protocol: once per frame
         if prepare is not None:
-            train = prepare(train)
+            train = train if streaming else prepare(train)
             val = prepare(val) if val is not None else None
-        train_frame, batch_device = place_frame(train, self.device, self.data_on_device)
         val_frame = (
             place_frame(val, self.device, self.data_on_device)[0] if val is not None else None
         )
-        loader = BatchLoader(
-            train_frame,
-            self.batch_size,
-            shuffle=self.shuffle,
-            seed=self.seed,
-            drop_last=False,
-            rank=self.rank,
-            world_size=self.world_size,
-            device=batch_device,
-        )
+        loader: BatchLoader | SourceLoader
+        if streaming:  # batches come from the source, which reads and shards them itself
+            device = None if self.device.type == "cpu" else self.device
+            loader = SourceLoader(train, self.rank, self.world_size, device=device)
+        else:
+            train_frame, batch_device = place_frame(train, self.device, self.data_on_device)
+            loader = BatchLoader(
+                train_frame,
+                self.batch_size,
+                shuffle=self.shuffle,
+                seed=self.seed,
+                drop_last=False,
+                rank=self.rank,
+                world_size=self.world_size,
+                device=batch_device,
+            )
         steps_per_epoch = -(-len(loader) // self.grad_accum_steps)
         self._total_steps = steps_per_epoch * self.max_epochs
         self.scheduler = build_scheduler(
