@@ -152,11 +152,15 @@ from test_loss_windows import build, fit_kwargs
 from recsys_mt.train import distributed
 
 model, frame = build(rm.UncertaintyWeighting(), "conditional")
+seen = []
+outputs = model.validation_outputs
+model.validation_outputs = lambda f, bs: (seen.append(len(f)), outputs(f, bs))[1]
 t = rm.Trainer(batch_size=32, **fit_kwargs())
-t.fit(model, frame)
+t.fit(model, frame, frame)
 assert t.world_size == 2
-torch.save({{"state": model.state_dict(), "loss": t.history[-1]["train/loss"]}},
-           os.path.join({out!r}, f"rank{{t.rank}}.pt"))
+val = {{k: v for k, v in t.history[-1].items() if k.startswith("val/")}}
+torch.save({{"state": model.state_dict(), "loss": t.history[-1]["train/loss"], "val": val,
+            "seen": seen}}, os.path.join({out!r}, f"rank{{t.rank}}.pt"))
 distributed.cleanup()
 """
 
@@ -194,9 +198,17 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
     one, frame = build(rm.UncertaintyWeighting(), "conditional")
-    t = rm.Trainer(batch_size=64, **fit_kwargs())
-    t.fit(one, frame)
+    t = rm.Trainer(batch_size=64, callbacks=[], **fit_kwargs())
+    t.fit(one, frame, frame)
     for key, value in one.state_dict().items():
         for r in ranks:
             torch.testing.assert_close(r["state"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     assert ranks[0]["loss"] == pytest.approx(t.history[-1]["train/loss"], rel=1e-4)
+    # validation is sharded (each process scores half of the rows) and its metrics are those
+    # of all rows, as in one process
+    assert [r["seen"] for r in ranks] == [[len(frame) // 2] * 2] * 2
+    single = {k: v for k, v in t.history[-1].items() if k.startswith("val/")}
+    assert ranks[0]["val"].keys() == single.keys() and "val/ctr_auc" in single
+    for key, value in single.items():
+        for r in ranks:
+            assert r["val"][key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key

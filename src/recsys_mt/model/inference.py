@@ -133,25 +133,35 @@ class InferenceMixin:
 
         ``loss`` is ``Σ_t Task.weight · L_t`` with the model's supervision — a fixed criterion
         for early stopping even when the balancer learns its weights. Like training, it uses
-        the uncalibrated logits.
+        the uncalibrated logits. Equal to
+        ``validation_metrics_from(validation_outputs(frame, batch_size))``.
         """
+        return self.validation_metrics_from(self.validation_outputs(frame, batch_size))
+
+    def validation_outputs(self, frame: TensorFrame, batch_size: int) -> dict[str, Tensor]:
+        """Trainer protocol: the per-row tensors validation metrics are computed from, on the
+        CPU: ``logits`` ``[N, T]``, ``labels`` ``[N, T]`` and, when the frame has groups,
+        ``group`` ``[N]``. Under ``torchrun`` each process computes them for its share of the
+        validation rows and the trainer gathers them, so metrics cover all rows exactly."""
         frame = self.prepare(frame)
-        logits = self.predict_logits(frame, batch_size)
-        labels = frame["labels"]
+        if "labels" not in frame:
+            raise ValueError("validation needs labels: transform the data with its label columns")
+        out = {"logits": self.predict_logits(frame, batch_size), "labels": frame["labels"].cpu()}
+        if "group" in frame:
+            out["group"] = frame["group"].cpu()
+        return out
+
+    def validation_metrics_from(self, outputs: dict[str, Tensor]) -> dict[str, float]:
+        """Trainer protocol: :meth:`validation_metrics` from (gathered)
+        :meth:`validation_outputs`."""
+        logits, labels = outputs["logits"], outputs["labels"]
         with torch.no_grad():
             per = self.losses(logits, labels.to(logits.device))
         total = sum(t.weight * float(per[t.name]) for t in self.tasks)
         out = {"loss": total}
         out.update({f"loss_{k}": float(v) for k, v in per.items()})
         cond, joint = self.probabilities(logits)
-        table = evaluate_funnel(
-            self.tasks,
-            self.parents,
-            cond,
-            joint,
-            labels,
-            frame["group"] if "group" in frame else None,
-        )
+        table = evaluate_funnel(self.tasks, self.parents, cond, joint, labels, outputs.get("group"))
         for row in table.itertuples(index=False):
             out[f"{row.task}_{row.metric}"] = float(row.value)
         aucs = [out[f"{t.name}_auc"] for t in self.tasks if t.binary]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "StepModule",
+    "all_gather_rows",
     "all_reduce_sum",
     "any_true",
     "barrier",
@@ -123,6 +124,23 @@ def all_reduce_sum(t: Tensor) -> Tensor:
     if is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_gather_rows(t: Tensor) -> Tensor:
+    """Concatenate every process's ``t`` along dim 0, in rank order (first dims may differ;
+    trailing dims and dtype must agree). ``t`` itself in a single process."""
+    if not (is_initialized() and dist.get_world_size() > 1):
+        return t
+    world = dist.get_world_size()
+    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(x) for x in sizes]
+    padded = t.new_zeros((max(counts), *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
 
 def any_true(flag: bool, device: torch.device) -> bool:

@@ -43,8 +43,13 @@ Gloo on CPU), uses ``cuda:LOCAL_RANK`` (or the CPU), wraps the model in
 forward), and gives each rank every ``world_size``-th row of the epoch's shuffled order.
 Embedding gradients are dense (``param_groups(sparse=False)``), since DDP's NCCL all-reduce
 does not handle sparse tensors. Gradient accumulation uses ``no_sync`` on the inner
-micro-batches. Every rank validates on the *full* validation frame, so all ranks see the same
-metrics and take the same early-stopping decision (``should_stop`` is also OR-ed across ranks).
+micro-batches. Validation is sharded: with a model that offers ``validation_outputs`` /
+``validation_metrics_from`` (as ``MultiTaskModel`` does), each rank scores a contiguous
+``1/world_size`` of the validation rows, the per-row outputs are gathered, and every rank
+computes the metrics of all rows (AUC, GAUC and log loss exactly as one process would, not an
+average of per-rank values); other models validate on the full frame on every rank. All ranks
+see the same metrics and take the same early-stopping decision (``should_stop`` is also OR-ed
+across ranks).
 Only rank 0 shows progress, calls loggers and writes checkpoints. Training losses in the
 history are averaged over ranks. Call :func:`recsys_mt.train.distributed.cleanup` at the end of
 the script.

@@ -284,7 +284,7 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
         model.eval()
         try:
             with torch.inference_mode():
-                raw = model.validation_metrics(frame, self.eval_batch_size or self.batch_size)
+                raw = self._validation_metrics(model, frame)
         finally:
             model.train(was_training)
         if not isinstance(raw, Mapping):
@@ -296,6 +296,26 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
             except (TypeError, ValueError) as e:
                 raise TypeError(f"validation metric {key!r} is not a number: {value!r}") from e
         return out
+
+    def _validation_metrics(self, model: nn.Module, frame: TensorFrame) -> Mapping[str, Any]:
+        """The model's metrics on all of ``frame``. Under ``torchrun``, with a model that
+        splits its protocol into ``validation_outputs`` / ``validation_metrics_from``, each
+        process computes the outputs of a contiguous share of the rows and all processes
+        compute the metrics of the gathered outputs: the same numbers as one process."""
+        batch_size = self.eval_batch_size or self.batch_size
+        outputs_fn = getattr(model, "validation_outputs", None)
+        from_fn = getattr(model, "validation_metrics_from", None)
+        if self.world_size == 1 or outputs_fn is None or from_fn is None:
+            return model.validation_metrics(frame, batch_size)
+        n = len(frame)
+        if n < self.world_size:
+            return model.validation_metrics(frame, batch_size)
+        lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+        outputs = outputs_fn(frame.subset(slice(lo, hi)), batch_size)
+        gathered = {
+            k: dist_utils.all_gather_rows(v.to(self.device)).cpu() for k, v in outputs.items()
+        }
+        return from_fn(gathered)
 
     def validate(self, model: nn.Module, frame: TensorFrame) -> dict[str, float]:
         """Evaluate ``model`` on the whole ``frame``; returns ``{"val/<key>": value}``.
