@@ -3,7 +3,7 @@
 from .features import OOV_ID, PAD_ID, Dense, Feature, FunnelStats, Sequence, Sparse, Text
 from .frame import TensorFrame
 from .loader import BatchLoader
-from .schema import Schema, SchemaError
+from .schema import OOVWarning, Schema, SchemaError
 
 __all__ = [
     "OOV_ID",
@@ -12,6 +12,7 @@ __all__ = [
     "Dense",
     "Feature",
     "FunnelStats",
+    "OOVWarning",
     "Schema",
     "SchemaError",
     "Sequence",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from .hashing import normalize_key
 
 if TYPE_CHECKING:
     from ..tasks.task import Task
@@ -52,13 +54,22 @@ class Feature:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Feature:
+        """The spec of :meth:`to_dict` (validate hand-written dicts with ``Schema.from_dict``,
+        which names the offending field)."""
         d = dict(d)
-        kind = d.pop("kind")
+        kind = d.pop("kind", None)
         cls = _KINDS.get(kind)
         if cls is None:
-            raise ValueError(f"unknown feature kind {kind!r}")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+            raise ValueError(f"unknown feature kind {kind!r}; kinds: {sorted(_KINDS)}")
+        if d.pop("keyed", False) and d.get("hash_key") is None:
+            raise ValueError(
+                f"{kind} feature {d.get('name')!r} hashes with a secret hash_key, which is never "
+                "stored: pass it (Schema.from_json(..., keys=...))"
+            )
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown} for a {kind} feature")
+        return cls(**d)
 
 
 @dataclass
@@ -72,8 +83,17 @@ class Sparse(Feature):
         max_vocab: keep only the most frequent values (ties broken by first appearance).
         hash_buckets: instead of a vocabulary, hash values into this many buckets
             (ids ``2 .. hash_buckets + 1``); use for huge cardinalities. Hashing is stable
-            across processes and runs (pandas' fixed-key SipHash of the value).
+            across processes and runs: pandas' fixed-key SipHash of the value, or keyed
+            BLAKE2b with ``hash_key``.
         column: source column in the DataFrame.
+        hash_key: a secret (bytes or str, 1 to 64 bytes) for keyed hashing: with
+            ``hash_buckets``, bucket = keyed BLAKE2b of the value modulo ``hash_buckets``, so
+            nobody without the key can tell which bucket an id falls in; with ``anonymize``,
+            the key of the vocabulary tokens. The key is never written to ``schema.json``
+            (only a check digest): pass it again to ``Schema.from_json(..., keys=...)``.
+        anonymize: store keyed hashes of the known values in the vocabulary (and
+            ``schema.json``) instead of the raw ids; needs ``hash_key``. Ids, and so every
+            encoded tensor, are identical to those of the same feature without ``anonymize``.
 
     Ids are int64: 0 = missing (NaN / None), 1 = out of vocabulary, 2.. = known values.
     """
@@ -84,15 +104,38 @@ class Sparse(Feature):
     max_vocab: int | None = None
     hash_buckets: int | None = None
     column: str | None = None
+    hash_key: bytes | str | None = field(default=None, repr=False)
+    anonymize: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        who = f"Sparse({self.name!r})"
         if self.dim < 1:
-            raise ValueError(f"Sparse({self.name!r}): dim must be >= 1, got {self.dim}")
+            raise ValueError(f"{who}: dim must be >= 1, got {self.dim}")
         if self.min_freq < 1:
-            raise ValueError(f"Sparse({self.name!r}): min_freq must be >= 1, got {self.min_freq}")
+            raise ValueError(f"{who}: min_freq must be >= 1, got {self.min_freq}")
         if self.hash_buckets is not None and self.hash_buckets < 1:
-            raise ValueError(f"Sparse({self.name!r}): hash_buckets must be >= 1")
+            raise ValueError(f"{who}: hash_buckets must be >= 1")
+        self.anonymize = bool(self.anonymize)
+        if self.hash_key is not None:
+            self.hash_key = normalize_key(self.hash_key, who)
+            if self.hash_buckets is None and not self.anonymize:
+                raise ValueError(
+                    f"{who}: hash_key is used with hash_buckets= or anonymize=True; set one"
+                )
+        elif self.anonymize:
+            raise ValueError(f"{who}: anonymize=True needs a secret hash_key")
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the feature hashes with a secret key (which ``schema.json`` never holds)."""
+        return self.hash_key is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Spec as JSON-safe dict; ``hash_key`` is replaced by ``"keyed": True`` / ``False``."""
+        d = super().to_dict()
+        d["keyed"] = d.pop("hash_key") is not None
+        return d
 
 
 @dataclass
@@ -137,7 +180,9 @@ class Sequence(Feature):
         dim: embedding dimension when the vocabulary is its own (ignored with ``vocab_from``).
         min_freq: as for :class:`Sparse`, when the vocabulary is its own.
         max_vocab: see ``min_freq``.
-        column: source column; each cell is a list / array of ids, or NaN / None for empty.
+        column: source column; each cell is a flat list / tuple / 1-d array of scalar ids (int or
+            str, one type per column), or NaN / None for an empty list. Nested lists, dicts,
+            sets and bytes raise :class:`~recsys_mt.data.SchemaError` naming the column and row.
 
     Encoded as int64 ``[N, max_len]``, left-aligned, padded with 0.
     """

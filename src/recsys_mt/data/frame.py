@@ -22,7 +22,11 @@ class TensorFrame:
     - ``"labels"``: float32 ``[N, T]`` labels in ``meta["tasks"]`` order;
     - ``"group"``: int64 ``[N]`` group (user) codes for GAUC.
 
-    Other code may add keys (a text tower adds token tensors). ``meta`` holds non-tensor data.
+    Other code may add keys (a text tower adds token tensors). ``meta`` holds non-tensor data:
+    the column orders above, ``meta["texts"]`` and, from ``Schema.transform``,
+    ``meta["oov_counts"]`` / ``meta["oov_rates"]``: per sparse and sequence feature, how many
+    non-missing values (and which share of them) were out of vocabulary. :meth:`subset` shares
+    ``meta``, so these describe the whole encoded frame.
     """
 
     def __init__(self, tensors: dict[str, Tensor], meta: dict[str, Any] | None = None):

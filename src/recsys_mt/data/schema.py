@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import numbers
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,8 @@ import pandas as pd
 import torch
 
 from ..tasks.task import Task, order_tasks
+from . import schema_io
+from .columns import dense_stats, dense_values, encode_labels
 from .features import Dense, Feature, FunnelStats, Sequence, Sparse, Text
 from .frame import TensorFrame
 from .funnel_stats import (
@@ -20,17 +23,23 @@ from .funnel_stats import (
     transform_funnel_stats,
     validate_funnel_stats,
 )
-from .vocab import SchemaError, _canonical, _flatten_lists, _id_kind, _Vocab
+from .hashing import Key
+from .vocab import (
+    OOVWarning,
+    SchemaError,
+    _canonical,
+    _flatten_lists,
+    _id_kind,
+    _Vocab,
+    fit_vocab,
+    oov_stats,
+    pad_sequences,
+    warn_oov,
+)
 
-FORMAT_VERSION = 1
+__all__ = ["OOVWarning", "Schema", "SchemaError"]
 
-
-def _build_vocab(values: np.ndarray, spec: Sparse | Sequence) -> list:
-    counts = pd.Series(values).value_counts(sort=False)  # first-appearance order
-    counts = counts[counts >= spec.min_freq]
-    if spec.max_vocab is not None and len(counts) > spec.max_vocab:
-        counts = counts.iloc[np.argsort(-counts.to_numpy(), kind="stable")[: spec.max_vocab]]
-    return counts.index.tolist()
+FORMAT_VERSION = schema_io.FORMAT_VERSION
 
 
 # ----------------------------------------------------------------------------- Schema
@@ -50,6 +59,12 @@ class Schema:
             ordered), ``given=`` must name a task, and chains must not have cycles.
         group: column grouping rows for GAUC (usually the user id). ``"auto"`` uses a feature
             named ``"user_id"`` if there is one.
+        oov_warn_rate: :meth:`transform` emits one :class:`OOVWarning` naming the sparse and
+            sequence features whose share of out-of-vocabulary values exceeds this rate
+            (``None`` disables it). Counts are in ``frame.meta["oov_counts"]`` either way.
+
+    Secret keys of :class:`Sparse` features (``hash_key``) are never saved: pass them again to
+    :meth:`from_json` (``keys=``).
 
     Example:
         >>> schema = Schema([Sparse("user_id"), Sparse("item_id"), Dense("price", "log1p")],
@@ -62,7 +77,14 @@ class Schema:
         features: list[Feature],
         tasks: list[Task] | None = None,
         group: str | None = "auto",
+        oov_warn_rate: float | None = 0.5,
     ):
+        if oov_warn_rate is not None and (
+            not isinstance(oov_warn_rate, numbers.Real)
+            or isinstance(oov_warn_rate, bool)
+            or not 0 <= oov_warn_rate <= 1
+        ):
+            raise ValueError(f"oov_warn_rate must be in [0, 1] or None, got {oov_warn_rate!r}")
         features = list(features)
         if not features:
             raise ValueError("a Schema needs at least one feature")
@@ -78,8 +100,6 @@ class Schema:
                         f"Sequence({f.name!r}) has vocab_from={f.vocab_from!r}, which is not a "
                         f"Sparse feature (features: {names})"
                     )
-                if by_name[f.vocab_from].hash_buckets is not None:
-                    pass  # hashing works for sequences too: same buckets
             if isinstance(f, Text) and f.key is not None:
                 if not isinstance(by_name.get(f.key), Sparse):
                     raise ValueError(f"Text({f.name!r}) has key={f.key!r}, not a Sparse feature")
@@ -89,6 +109,7 @@ class Schema:
         if group == "auto":
             group = "user_id" if "user_id" in by_name else None
         self.group = group
+        self.oov_warn_rate = None if oov_warn_rate is None else float(oov_warn_rate)
         self.vocabularies_: dict[str, _Vocab] | None = None
         self.dense_stats_: dict[str, dict[str, float]] | None = None
         self.funnel_stats_: dict[str, FunnelTable] | None = None
@@ -142,15 +163,30 @@ class Schema:
 
     def vocab_size(self, name: str) -> int:
         """Rows of the id space of a sparse / sequence feature (including ids 0 and 1)."""
+        return self._vocab_of(name).size
+
+    def _vocab_of(self, name: str) -> _Vocab:
         self._check_fitted()
         f = self.feature(name)
-        key = f.vocab_from if isinstance(f, Sequence) and f.vocab_from else name
-        return self.vocabularies_[key].size
+        shared = f.vocab_from if isinstance(f, Sequence) else None
+        return self.vocabularies_[shared or name]
 
     def vocabulary(self, name: str) -> list | None:
-        """Known values of a feature, in id order starting at id 2 (``None`` when hashed)."""
+        """Known values of a feature, in id order starting at id 2 (``None`` when hashed or
+        anonymised: the schema holds no raw values then; see :meth:`encode_ids`)."""
         self._check_fitted()
-        return self.vocabularies_[name].values
+        vocab = self.vocabularies_[name]
+        return None if vocab.anonymized else vocab.values
+
+    def encode_ids(self, name: str, values: Any) -> np.ndarray:
+        """int64 ids of raw values of a sparse or sequence feature, as :meth:`transform` gives
+        them (0 missing, 1 OOV); works for hashed, keyed and anonymised features alike."""
+        vocab = self._vocab_of(name)
+        values = pd.Series(values)
+        kind = _id_kind(values, f"ids of {name!r}")
+        if kind != vocab.kind and len(values) and not values.isna().all():
+            raise SchemaError(f"ids of {name!r} are {kind} ids but the schema has {vocab.kind} ids")
+        return vocab.lookup(*_canonical(values, vocab.kind))
 
     # ------------------------------------------------------------------ validation
     def _label_columns(self) -> list[str]:
@@ -168,6 +204,9 @@ class Schema:
         if missing:
             raise SchemaError(f"missing column(s) {missing}; the DataFrame has {list(df.columns)}")
         label_cols = self._label_columns()
+        twice = sorted({str(c) for c in needed + label_cols if (df.columns == c).sum() > 1})
+        if twice:
+            raise SchemaError(f"the DataFrame has several columns named {twice}")
         present = [c for c in label_cols if c in df.columns]
         if labels is True or (labels == "auto" and present):
             absent = [c for c in label_cols if c not in df.columns]
@@ -176,86 +215,8 @@ class Schema:
             return bool(label_cols)
         return False
 
-    def _dense_values(self, df: pd.DataFrame, f: Dense, stats: dict[str, float] | None):
-        col = df[f.column]
-        if not (pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)):
-            raise SchemaError(f"dense column {f.column!r} has dtype {col.dtype}; expected numbers")
-        x = col.to_numpy(dtype=np.float64, na_value=np.nan)
-        if np.isinf(x).any():
-            raise SchemaError(
-                f"dense column {f.column!r} holds inf at row {int(np.isinf(x).argmax())}"
-            )
-        nan = np.isnan(x)
-        if nan.any() and f.nan == "error":
-            raise SchemaError(
-                f"dense column {f.column!r} holds NaN at row {int(nan.argmax())} "
-                f"({int(nan.sum())} rows); set Dense({f.name!r}, nan='mean' or 'zero') to fill"
-            )
-        if f.nan == "zero":
-            x = np.where(nan, 0.0, x)
-        if f.transform == "log1p":
-            bad = ~np.isnan(x) & (x <= -1)
-            if bad.any():
-                raise SchemaError(
-                    f"dense column {f.column!r} needs values > -1 for log1p; row "
-                    f"{int(bad.argmax())} holds {x[bad.argmax()]}"
-                )
-            x = np.log1p(x)
-        if stats is None:
-            return x
-        x = (x - stats["mean"]) / stats["std"]
-        # 'mean' policy: the training mean of the encoded values (0 after standardising; the raw
-        # mean with transform="none"; schemas saved before "fill" existed used 0)
-        return np.where(np.isnan(x), stats.get("fill", 0.0), x)
-
     def _labels(self, df: pd.DataFrame) -> np.ndarray:
-        out = np.zeros((len(df), len(self.tasks)), dtype=np.float32)
-        by_name = {t.name: i for i, t in enumerate(self.tasks)}
-        for j, t in enumerate(self.tasks):
-            col = df[t.label]
-            if not (
-                pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)
-            ):
-                raise SchemaError(
-                    f"label column {t.label!r} (task {t.name!r}) has dtype {col.dtype}"
-                )
-            y = col.to_numpy(dtype=np.float64, na_value=np.nan)
-            if np.isinf(y).any():
-                raise SchemaError(f"label column {t.label!r} holds inf")
-            nan = np.isnan(y)
-            if t.given is not None:
-                parent = out[:, by_name[t.given]]
-                observed = parent == 1
-                if (nan & observed).any():
-                    r = int((nan & observed).argmax())
-                    raise SchemaError(
-                        f"label column {t.label!r} (task {t.name!r}) is NaN at row {r} where its "
-                        f"parent task {t.given!r} is 1"
-                    )
-                y = np.where(nan, 0.0, y)
-            elif nan.any():
-                raise SchemaError(
-                    f"label column {t.label!r} (task {t.name!r}) holds NaN at row "
-                    f"{int(nan.argmax())} ({int(nan.sum())} rows)"
-                )
-            if t.binary:
-                bad = (y != 0) & (y != 1)
-                if bad.any():
-                    vals = sorted(set(np.unique(y[bad]).tolist()))[:5]
-                    raise SchemaError(
-                        f"label column {t.label!r} of binary task {t.name!r} must hold 0/1; found "
-                        f"{vals} (e.g. row {int(bad.argmax())})"
-                    )
-                if t.given is not None:
-                    leak = (y == 1) & (out[:, by_name[t.given]] == 0)
-                    if leak.any():
-                        raise SchemaError(
-                            f"label {t.label!r} (task {t.name!r}) is 1 at row {int(leak.argmax())} "
-                            f"where its parent task {t.given!r} is 0 ({int(leak.sum())} rows); a "
-                            "funnel label can only be 1 after its parent"
-                        )
-            out[:, j] = y
-        return out
+        return encode_labels(self.tasks, df)
 
     # ------------------------------------------------------------------ fit / transform
     def fit(self, df: pd.DataFrame) -> Schema:
@@ -274,35 +235,15 @@ class Schema:
         vocabs: dict[str, _Vocab] = {}
         for f in self.sparse:
             kind = _id_kind(df[f.column], f"column {f.column!r}")
-            values, missing = _canonical(df[f.column], kind)
-            if f.hash_buckets is not None:
-                vocabs[f.name] = _Vocab(kind, buckets=f.hash_buckets)
-            else:
-                vocabs[f.name] = _Vocab(kind, _build_vocab(values[~missing], f))
+            vocabs[f.name] = fit_vocab(f, kind, *_canonical(df[f.column], kind))
         for f in self.sequences:
             lengths, flat = _flatten_lists(df[f.column], f.column)
             if f.vocab_from is not None:
                 self._check_seq_kind(f, flat, vocabs[f.vocab_from].kind)
                 continue
-            kind = (
-                _id_kind(pd.Series(flat), f"sequence column {f.column!r}") if flat.size else "int"
-            )
-            flat_c, missing = _canonical(pd.Series(flat), kind)
-            vocabs[f.name] = _Vocab(kind, _build_vocab(flat_c[~missing], f))
-        stats = {}
-        for f in self.dense:
-            x = self._dense_values(df, f, None)
-            seen = (~np.isnan(x)).any()
-            if f.transform == "none":
-                stats[f.name] = {
-                    "mean": 0.0,
-                    "std": 1.0,
-                    "fill": float(np.nanmean(x)) if seen else 0.0,
-                }
-            else:
-                mean = float(np.nanmean(x)) if seen else 0.0
-                std = float(np.nanstd(x)) if seen else 1.0
-                stats[f.name] = {"mean": mean, "std": std if std > 1e-12 else 1.0, "fill": 0.0}
+            kind = _id_kind(flat, f"sequence column {f.column!r}") if len(flat) else "int"
+            vocabs[f.name] = fit_vocab(f, kind, *_canonical(flat, kind))
+        stats = {f.name: dense_stats(dense_values(df, f, None), f) for f in self.dense}
         if has_labels and not self.funnel_stats:
             self._labels(df)  # validation only; fit_funnel_stats validates them itself
         funnel, train_funnel = fit_funnel_stats(self, df, has_labels)
@@ -312,10 +253,10 @@ class Schema:
         return train_funnel
 
     @staticmethod
-    def _check_seq_kind(f: Sequence, flat: np.ndarray, kind: str) -> None:
-        if not flat.size:
+    def _check_seq_kind(f: Sequence, flat: pd.Series, kind: str) -> None:
+        if not len(flat):
             return
-        got = _id_kind(pd.Series(flat), f"sequence column {f.column!r}")
+        got = _id_kind(flat, f"sequence column {f.column!r}")
         if got != kind:
             raise SchemaError(
                 f"sequence column {f.column!r} holds {got} ids but {f.vocab_from!r} has {kind} ids"
@@ -329,11 +270,16 @@ class Schema:
             labels: ``"auto"`` encodes labels when all label columns are present (and raises
                 if only some are), ``True`` requires them, ``False`` skips them.
 
-        Unseen ids map to the OOV id 1, missing ids to 0. Raises :class:`SchemaError` on bad
-        input, naming the column. :class:`FunnelStats` come from the full training tables (no
+        Unseen ids map to the OOV id 1, missing ids to 0; ``frame.meta["oov_counts"]`` and
+        ``frame.meta["oov_rates"]`` hold, per sparse / sequence feature, the number and share of
+        non-missing values that were out of vocabulary, and an :class:`OOVWarning` names the
+        features above ``oov_warn_rate``. Raises :class:`SchemaError` on bad input, naming the
+        column. :class:`FunnelStats` come from the full training tables (no
         labels needed); a ``UserWarning`` flags the frame they were fit on (target leakage).
         """
-        return self._transform(df, labels, None)
+        frame = self._transform(df, labels, None)
+        warn_oov(frame.meta["oov_rates"], self.oov_warn_rate)
+        return frame
 
     def _transform(self, df: pd.DataFrame, labels: bool | str, funnel: np.ndarray | None):
         """``transform``; ``funnel`` replaces the FunnelStats values (``fit_transform``)."""
@@ -346,7 +292,13 @@ class Schema:
             "dense": self.dense_columns,
             "tasks": self.task_names,
             "texts": {},
+            "oov_counts": {},
+            "oov_rates": {},
         }
+
+        def count_oov(name: str, ids: np.ndarray, missing: np.ndarray) -> None:
+            meta["oov_counts"][name], meta["oov_rates"][name] = oov_stats(ids, missing)
+
         sparse = np.zeros((n, len(self.sparse)), dtype=np.int64)
         for j, f in enumerate(self.sparse):
             vocab = self.vocabularies_[f.name]
@@ -358,9 +310,10 @@ class Schema:
                 )
             values, missing = _canonical(df[f.column], kind)
             sparse[:, j] = vocab.lookup(values, missing)
+            count_oov(f.name, sparse[:, j], missing)
         if self.sparse:
             tensors["sparse"] = torch.from_numpy(sparse)
-        parts = [self._dense_values(df, f, self.dense_stats_[f.name])[:, None] for f in self.dense]
+        parts = [dense_values(df, f, self.dense_stats_[f.name])[:, None] for f in self.dense]
         if self.funnel_stats:
             parts.append(transform_funnel_stats(self, df) if funnel is None else funnel)
         if parts:
@@ -369,18 +322,12 @@ class Schema:
             vocab = self.vocabularies_[f.vocab_from or f.name]
             lengths, flat = _flatten_lists(df[f.column], f.column)
             self._check_seq_kind(f, flat, vocab.kind)
-            ids = np.zeros((n, f.max_len), dtype=np.int64)
-            if flat.size:
-                flat_c, missing = _canonical(pd.Series(flat), vocab.kind)
+            flat_ids, missing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+            if len(flat):
+                flat_c, missing = _canonical(flat, vocab.kind)
                 flat_ids = vocab.lookup(flat_c, missing)
-                ends = np.cumsum(lengths)
-                starts = ends - lengths
-                row = np.repeat(np.arange(n), lengths)
-                pos = np.arange(flat.size) - np.repeat(starts, lengths)
-                skip = np.repeat(np.maximum(lengths - f.max_len, 0), lengths)
-                keep = pos >= skip
-                ids[row[keep], (pos - skip)[keep]] = flat_ids[keep]
-            tensors[f"seq/{f.name}"] = torch.from_numpy(ids)
+            count_oov(f.name, flat_ids, missing)
+            tensors[f"seq/{f.name}"] = torch.from_numpy(pad_sequences(lengths, flat_ids, f.max_len))
         for f in self.texts:
             codes, uniques = pd.factorize(df[f.column].fillna("").astype(str), sort=False)
             tensors[f"text/{f.name}"] = torch.from_numpy(codes.astype(np.int64))
@@ -388,7 +335,10 @@ class Schema:
         if has_labels:
             tensors["labels"] = torch.from_numpy(self._labels(df))
         if self.group is not None:
-            codes, _ = pd.factorize(df[self.group], use_na_sentinel=False)
+            try:
+                codes, _ = pd.factorize(df[self.group], use_na_sentinel=False)
+            except TypeError as e:  # unhashable cells (lists, dicts)
+                raise SchemaError(f"group column {self.group!r}: {e}") from None
             tensors["group"] = torch.from_numpy(codes.astype(np.int64))
         if not tensors:
             tensors["index"] = torch.arange(n)
@@ -403,55 +353,44 @@ class Schema:
         return self._transform(df, labels, self._fit(df))
 
     # ------------------------------------------------------------------ persistence
+    def _hash_keys(self) -> dict[str, bytes]:
+        """Secret keys of the keyed features by name (never saved)."""
+        return {f.name: f.hash_key for f in self.sparse if f.hash_key is not None}
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "features": [f.to_dict() for f in self.features],
-            "tasks": [t.to_dict() for t in self.tasks],
-            "group": self.group,
-            "vocabularies": None
-            if self.vocabularies_ is None
-            else {k: v.to_dict() for k, v in self.vocabularies_.items()},
-            "dense_stats": self.dense_stats_,
-            "funnel_stats": None
-            if self.funnel_stats_ is None
-            else {k: v.to_dict() for k, v in self.funnel_stats_.items()},
-        }
+        """JSON-safe specs and learned state (secret keys excluded)."""
+        return schema_io.schema_to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Schema:
-        if d.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported schema format_version {d.get('format_version')!r}")
-        schema = cls(
-            [Feature.from_dict(f) for f in d["features"]],
-            [Task.from_dict(t) for t in d["tasks"]],
-            group=d.get("group"),
-        )
-        if d.get("vocabularies") is not None:
-            schema.vocabularies_ = {k: _Vocab.from_dict(v) for k, v in d["vocabularies"].items()}
-            schema.dense_stats_ = d["dense_stats"]
-            schema.funnel_stats_ = {
-                k: FunnelTable.from_dict(v, schema.feature(k))
-                for k, v in (d.get("funnel_stats") or {}).items()
-            }
-        return schema
+    def from_dict(cls, d: dict[str, Any], keys: Mapping[str, Key] | Key | None = None) -> Schema:
+        """A schema from :meth:`to_dict`, validated field by field (see :meth:`from_json`)."""
+        return schema_io.schema_from_dict(cls, d, keys)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
-        """JSON text of the schema (specs and learned state); also written to ``path`` if given."""
-        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        return text
+        """JSON text of the schema (specs and learned state); also written to ``path`` if given.
+
+        Secret ``hash_key`` values are never written, only a check digest per keyed feature;
+        anonymised vocabularies hold keyed tokens instead of the raw ids.
+        """
+        return schema_io.write_json(self, path)
 
     @classmethod
-    def from_json(cls, path_or_text: str | os.PathLike) -> Schema:
-        """Load from a JSON file path or a JSON string."""
-        s = str(path_or_text)
-        if s.lstrip().startswith("{"):
-            return cls.from_dict(json.loads(s))
-        with open(s, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
+    def from_json(
+        cls, path_or_text: str | os.PathLike, keys: Mapping[str, Key] | Key | None = None
+    ) -> Schema:
+        """Load from a JSON file path or a JSON string.
+
+        Args:
+            path_or_text: a ``schema.json`` path, or its text.
+            keys: the secret ``hash_key`` of each keyed :class:`Sparse` feature
+                (``{"user_id": key}``), or one key for all of them. Required when the schema has
+                keyed features; a missing or wrong key raises :class:`SchemaError`.
+
+        A hand-edited file with wrong types, unknown or missing keys, or duplicate vocabulary
+        values raises :class:`SchemaError` naming the field (``vocabularies['item_id'].values
+        [7]: duplicate value 'x'``).
+        """
+        return schema_io.read_json(cls, path_or_text, keys)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Schema) and self.to_dict() == other.to_dict()

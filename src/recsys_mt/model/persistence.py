@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..data.hashing import Key
 from ..data.schema import Schema
-from ..registry import build as build_registered
 from .calibration import METHODS as CALIBRATION_METHODS
+from .config_check import build_part, check_config, read_config
 
 CONFIG_NAME = "config.json"
 SCHEMA_NAME = "schema.json"
@@ -66,6 +68,7 @@ def load_pretrained(
     directory: str | os.PathLike,
     schema: Schema | None = None,
     map_location: str | torch.device = "cpu",
+    schema_keys: Mapping[str, Key] | Key | None = None,
 ) -> Any:
     """:meth:`MultiTaskModel.from_pretrained`: rebuild a ``cls`` model saved by
     :func:`save_pretrained` from a local directory.
@@ -74,6 +77,9 @@ def load_pretrained(
     ``schema`` checks it against the saved one and raises :class:`CheckpointError` listing
     the differences. Weights whose names or shapes do not match the rebuilt architecture
     also raise :class:`CheckpointError`.
+
+    ``schema_keys`` are the secret ``hash_key`` values of keyed features, as for
+    :meth:`Schema.from_json` (``keys=``); without them, the keys of ``schema`` are used.
     """
     from safetensors.torch import load_file
 
@@ -89,30 +95,44 @@ def load_pretrained(
     for name in (CONFIG_NAME, SCHEMA_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory} is not a recsys_mt checkpoint: {name} missing")
-    config = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+    config_path = directory / CONFIG_NAME
+    config = read_config(config_path, CheckpointError)
+    check_config(config, config_path, CheckpointError)
     if config.get("library") != "recsys_mt" or config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{directory / CONFIG_NAME} is not a recsys_mt v1 config")
-    saved = Schema.from_json(directory / SCHEMA_NAME)
+    if schema_keys is None and schema is not None:
+        schema_keys = schema._hash_keys() or None
+    saved = Schema.from_json(directory / SCHEMA_NAME, keys=schema_keys)
     if schema is not None and schema != saved:
         raise CheckpointError(
             "the given schema does not match the checkpoint's: " + _schema_diff(schema, saved)
         )
-    encoders = [build_registered("encoder", c) for c in config["encoders"]]
+
+    def part(kind: str, cfg: dict[str, Any], field: str) -> Any:
+        return build_part(kind, cfg, field, config_path, CheckpointError)
+
+    encoders = [part("encoder", c, f"encoders[{i}]") for i, c in enumerate(config["encoders"])]
     for enc in encoders:
         fn = getattr(enc, "load_extra", None)
         if fn is not None:
             fn(directory)
-    model = cls(
-        saved,
-        encoders=encoders,
-        head=build_registered("head", config["head"]),
-        fusion=build_registered("fusion", config["fusion"]),
-        supervision=config["supervision"],
-        balancer=build_registered("balancer", config["balancer"]),
-        counterfactual=config.get("counterfactual"),
-        counterfactual_weight=config.get("counterfactual_weight", 0.1),
-        auto_calibrate=config.get("auto_calibrate"),
-    )
+    head = part("head", config["head"], "head")
+    fusion = part("fusion", config["fusion"], "fusion")
+    balancer = part("balancer", config["balancer"], "balancer")
+    try:
+        model = cls(
+            saved,
+            encoders=encoders,
+            head=head,
+            fusion=fusion,
+            supervision=config["supervision"],
+            balancer=balancer,
+            counterfactual=config.get("counterfactual"),
+            counterfactual_weight=config.get("counterfactual_weight", 0.1),
+            auto_calibrate=config.get("auto_calibrate"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{config_path} does not describe a valid model: {e}") from e
     state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
     expected = model.state_dict()
     excluded = tuple(excluded_keys(model))
