@@ -3,6 +3,8 @@ shapes, at the first forward pass, instead of a raw matmul error deep inside the
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from test_model import funnel_df, funnel_schema
@@ -80,3 +82,45 @@ def test_well_behaved_modules_pass():
     model = rm.MultiTaskModel(schema)
     out = model.predict(frame)
     assert len(out) == 60 and torch.isfinite(torch.tensor(out.values)).all()
+
+
+# --------------------------------------------------------------------------- config.json
+
+
+def edited_checkpoint(tmp_path, edit):
+    schema, _ = frame_and_schema()
+    rm.MultiTaskModel(schema).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c.update(colour="red"), r"unknown field\(s\) \['colour'\]"),
+        (lambda c: c.pop("head"), "required field 'head' is missing"),
+        (lambda c: c.update(encoders={"type": "id_embedding"}), "field 'encoders' must be list"),
+        (lambda c: c.update(encoders=[]), "field 'encoders' is empty"),
+        (lambda c: c.update(format_version="1"), "field 'format_version' must be int"),
+        (lambda c: c.update(counterfactual_weight=True), "'counterfactual_weight' must be"),
+        (lambda c: c["head"].update(type="nope"), r"field 'head' \('nope'\).*not registered"),
+        (lambda c: c["head"].update(bogus=1), r"field 'head' \('mmoe'\).*bogus"),
+        (lambda c: c["encoders"][0].pop("type"), r"'encoders\[0\]' must be an object"),
+        (lambda c: c.update(supervision="sideways"), "not describe a valid model.*supervision"),
+    ],
+)
+def test_hand_edited_config_names_the_field(tmp_path, edit, match):
+    directory = edited_checkpoint(tmp_path, edit)
+    with pytest.raises(rm.CheckpointError, match=match):
+        rm.MultiTaskModel.from_pretrained(directory)
+
+
+def test_config_that_is_not_json_names_the_file(tmp_path):
+    schema, _ = frame_and_schema()
+    rm.MultiTaskModel(schema).save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{'encoders': [")
+    with pytest.raises(rm.CheckpointError, match="config.json is not valid JSON"):
+        rm.MultiTaskModel.from_pretrained(tmp_path)
