@@ -312,3 +312,25 @@ def test_tables_saved_before_the_fingerprint_still_load(tiny_bert, tmp_path):
     absent = rm.MultiTaskModel.from_pretrained(tmp_path / "ck")  # cannot check: used as saved
     assert absent.encoders[1].base is None
     assert torch.equal(absent.predict_logits(absent.schema.transform(df)), expected)
+
+
+def test_add_item_texts_with_an_anonymised_key(tiny_bert, tmp_path):
+    df = make_df(n=60, n_items=10)
+    key = b"catalogue secret"
+    schema = rm.Schema(
+        [
+            rm.Sparse("user_id"),
+            rm.Sparse("item_id", anonymize=True, hash_key=key),
+            rm.Text("title", key="item_id"),
+        ],
+        tasks=[rm.Task("ctr", "click")],
+    ).fit(df)
+    model, tower, _ = build(tiny_bert, df, schema=schema)
+    item = df["item_id"].iloc[0]
+    assert tower.add_item_texts([item, "never seen"], ["plain catalogue cap", "x"]) == 1
+    row = tower.texts.index("plain catalogue cap")
+    assert int(tower.item_rows[int(schema.encode_ids("item_id", [item])[0])]) == row
+    model.save_pretrained(tmp_path / "m")
+    assert item.encode() not in (tmp_path / "m" / "schema.json").read_bytes()
+    loaded = rm.MultiTaskModel.from_pretrained(tmp_path / "m", schema_keys=key)
+    pd.testing.assert_frame_equal(model.predict(df), loaded.predict(df), check_exact=True)

@@ -133,26 +133,9 @@ class BertTextTower(TextBackbone):
     )
 
     def _item_ids(self, ids: Any) -> np.ndarray:
-        """Schema ids (int64) of raw item values via the key's vocabulary; 1 = unknown."""
-        if self._vocab_values is None:
-            raise ValueError(
-                f"key feature {self.key!r} is hashed (no vocabulary): add_item_texts needs "
-                "vocabulary ids"
-            )
-        if self._id_of is None:
-            self._id_of = {v: i + 2 for i, v in enumerate(self._vocab_values)}
-        kind_int = bool(self._vocab_values) and isinstance(self._vocab_values[0], (int, np.integer))
-        out = np.empty(len(ids), dtype=np.int64)
-        for i, v in enumerate(ids):
-            if hasattr(v, "item"):
-                v = v.item()
-            try:
-                v = int(v) if kind_int else str(v)
-            except (TypeError, ValueError):
-                out[i] = 1
-                continue
-            out[i] = self._id_of.get(v, 1)
-        return out
+        """Schema ids (int64) of raw item values, as ``Schema.transform`` encodes the key
+        (vocabulary, hashed, keyed or anonymised alike); 1 = unknown."""
+        return np.asarray(self._encode_key(list(ids)), dtype=np.int64)
 
     def add_item_texts(self, ids: Any, texts: Any) -> int:
         """Register a catalogue: the text of each item (raw ids, as in the DataFrame's key column).

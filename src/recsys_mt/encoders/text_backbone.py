@@ -182,8 +182,8 @@ class TextBackbone(Encoder):
         self.proj = nn.Linear(self.hidden_size, d) if self.projection_dim else nn.Identity()
         self.missing = nn.Parameter(torch.zeros(d))
         vocab = schema.vocab_size(self.key) if self.key is not None else 0
-        self._vocab_values = schema.vocabulary(self.key) if self.key is not None else None
-        self._id_of: dict[Any, int] | None = None
+        key = self.key
+        self._encode_key = (lambda ids: schema.encode_ids(key, ids)) if key is not None else None
         frozen = self.trainable == "frozen"
         self.table.setup(frozen, self.hidden_size, self.max_length, vocab)
         self.table.fingerprint = self._fingerprint

@@ -318,15 +318,18 @@ class MultiTaskModel(InferenceMixin, nn.Module):
         directory: str | os.PathLike,
         schema: Schema | None = None,
         map_location: str | torch.device = "cpu",
+        schema_keys: Any = None,
     ) -> MultiTaskModel:
         """Rebuild a model saved by :meth:`save_pretrained` from a local directory.
 
         Nothing is unpickled: the config is JSON, the weights are safetensors. Passing
         ``schema`` checks it against the saved one and raises :class:`CheckpointError` listing
         the differences. Weights whose names or shapes do not match the rebuilt architecture
-        also raise :class:`CheckpointError`.
+        also raise :class:`CheckpointError`. ``schema_keys``: the secret ``hash_key`` of keyed
+        or anonymised features (``{feature: key}`` or one key for all), never stored in the
+        checkpoint; taken from ``schema`` when that is given.
         """
-        return load_pretrained(cls, directory, schema, map_location)
+        return load_pretrained(cls, directory, schema, map_location, schema_keys)
 
 
 def _check_width(

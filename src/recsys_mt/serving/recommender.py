@@ -94,12 +94,7 @@ class Recommender:
         return v
 
     def _encode_ids(self, values: pd.Series) -> Tensor:
-        from ..data.schema import _canonical, _id_kind
-
-        vocab = self.schema.vocabularies_[self.item_key]
-        kind = _id_kind(values, f"column {self.item_key!r}")
-        vals, missing = _canonical(values, kind)
-        return torch.from_numpy(vocab.lookup(vals, missing))
+        return torch.from_numpy(self.schema.encode_ids(self.item_key, values))
 
     def _candidate_positions(self, candidates, n_users: int) -> tuple[Tensor, Tensor]:
         """``(positions [B, N] into the catalog, mask [B, N])``."""
