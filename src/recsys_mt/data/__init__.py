@@ -3,6 +3,7 @@
 from .features import OOV_ID, PAD_ID, Dense, Feature, FunnelStats, Sequence, Sparse, Text
 from .frame import TensorFrame
 from .loader import BatchLoader
+from .parquet import ParquetSource
 from .schema import OOVWarning, Schema, SchemaError
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "Feature",
     "FunnelStats",
     "OOVWarning",
+    "ParquetSource",
     "Schema",
     "SchemaError",
     "Sequence",
