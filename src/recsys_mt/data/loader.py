@@ -57,9 +57,12 @@ class BatchLoader:
         self.world_size = world_size
         self.device = device
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate epoch ``epoch``'s order from batch ``start_batch`` on (a resumed epoch)."""
         self.epoch = epoch
+        self.start_batch = start_batch
 
     def _rows_per_rank(self) -> int:
         return len(self.frame) // self.world_size if self.world_size > 1 else len(self.frame)
@@ -85,7 +88,7 @@ class BatchLoader:
         order = self.order()
         n = self._rows_per_rank()
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
-        for start in range(0, stop, self.batch_size):
+        for start in range(self.start_batch * self.batch_size, stop, self.batch_size):
             end = min(start + self.batch_size, n)
             if order is None:
                 batch = self.frame.take(slice(start, end))

@@ -111,6 +111,9 @@ class Callback:
     ) -> None:
         """After gradients are complete, unscaled and clipped; before ``optimizer.step()``."""
 
+    def on_train_step_end(self, trainer: Trainer, model: nn.Module) -> None:
+        """After each optimiser step (``trainer.global_step`` counts it)."""
+
     def on_validation_end(
         self, trainer: Trainer, model: nn.Module, metrics: dict[str, float]
     ) -> None:
@@ -237,7 +240,10 @@ class ModelCheckpoint(Callback):
     Files are written with :meth:`Trainer.save_checkpoint
     <recsys_mt.train.Trainer.save_checkpoint>` (rank 0 only; atomic replace), after every
     other callback's epoch-end hook, so they contain the up-to-date callback state and the
-    full history. Resume with ``trainer.fit(..., resume_from=ckpt.last_path)``.
+    full history. Resume with ``trainer.fit(..., resume_from=ckpt.last_path)``. With
+    ``every_n_steps``, ``last.ckpt`` is also written every that many optimiser steps in the
+    middle of an epoch (long epochs over streamed data); resuming from such a file continues
+    the epoch at the next batch and ends as an uninterrupted run would.
 
     Args:
         dirpath: directory for the files (created if needed).
@@ -245,6 +251,8 @@ class ModelCheckpoint(Callback):
         mode: ``"min"``, ``"max"`` or ``"auto"`` (see :func:`resolve_mode`).
         save_last: write ``last.ckpt`` every epoch.
         save_best: write ``best.ckpt`` on improvement (needs ``monitor``).
+        every_n_steps: also write ``last.ckpt`` every that many optimiser steps (``None``:
+            only at epoch ends).
     """
 
     run_last = True
@@ -256,7 +264,12 @@ class ModelCheckpoint(Callback):
         mode: str = "auto",
         save_last: bool = True,
         save_best: bool = True,
+        every_n_steps: int | None = None,
     ):
+        n = every_n_steps
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"every_n_steps must be a positive int or None, got {n!r}")
+        self.every_n_steps = every_n_steps
         self.dirpath = os.fspath(dirpath)
         self.monitor = monitor
         self.mode = resolve_mode(monitor, mode) if monitor is not None else "min"
@@ -276,6 +289,10 @@ class ModelCheckpoint(Callback):
     def on_fit_start(self, trainer: Trainer, model: nn.Module) -> None:
         self.best_score = None
         self.best_epoch = None
+
+    def on_train_step_end(self, trainer: Trainer, model: nn.Module) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            trainer.save_checkpoint(self.last_path)
 
     def on_train_epoch_end(self, trainer: Trainer, model: nn.Module) -> None:
         write_best = False

@@ -139,6 +139,18 @@ def _check_model_state(saved: Any, expected: Mapping[str, Tensor], path: str) ->
         )
 
 
+def _progress_state(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A running epoch's accumulators as plain values (None between epochs)."""
+    if progress is None:
+        return None
+    return {
+        "batches": int(progress["batches"]),
+        "loss": float(progress["loss"]),
+        "rows": int(progress["rows"]),
+        "extras": {k: v.detach().cpu().clone() for k, v in progress["extras"].items()},
+    }
+
+
 class CheckpointMixin:
     """The checkpoint methods of :class:`~recsys_mt.train.Trainer` (uses its attributes)."""
 
@@ -156,6 +168,7 @@ class CheckpointMixin:
             "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
             "callbacks": {key: cb.state_dict() for key, cb in state_keys(self.callbacks)},
             "history": [dict(row) for row in self.history],
+            "progress": _progress_state(self._progress),
             "rng": _rng_state(),
             "loop": {
                 "batch_size": self.batch_size,
@@ -172,8 +185,11 @@ class CheckpointMixin:
         """Write the training state to ``path`` (rank 0 only; written to a temporary file and
         renamed, so a crash never leaves a truncated checkpoint).
 
-        Meant for epoch ends (as :class:`~recsys_mt.train.ModelCheckpoint` does): the file
-        records ``current_epoch`` as completed, and resuming starts with the next epoch.
+        At an epoch end (as :class:`~recsys_mt.train.ModelCheckpoint` writes it) the file
+        records ``current_epoch`` as completed and resuming starts with the next epoch; between
+        optimiser steps (``ModelCheckpoint(every_n_steps=...)``, or a callback's
+        ``on_train_step_end``) it also records the epoch's progress (batches done, the running
+        loss sums), and resuming continues that epoch at its next batch.
         Raises ``TypeError`` if some state (e.g. a custom scheduler's) is not plain data.
         """
         if not self.is_global_zero:
@@ -268,4 +284,14 @@ class CheckpointMixin:
                 stacklevel=3,
             )
         _set_rng_state(ckpt["rng"])
-        return self.current_epoch + 1
+        progress = ckpt.get("progress")
+        if progress is None:
+            self._resume_progress = None
+            return self.current_epoch + 1
+        self._resume_progress = {
+            "batches": int(progress["batches"]),
+            "loss": float(progress["loss"]),
+            "rows": int(progress["rows"]),
+            "extras": {k: v.to(self.device) for k, v in progress["extras"].items()},
+        }
+        return self.current_epoch

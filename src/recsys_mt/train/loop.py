@@ -116,11 +116,12 @@ class EpochLoopMixin:
     """The epoch loop of :class:`~recsys_mt.train.Trainer` (uses its attributes)."""
 
     def _windows(
-        self, loader: BatchLoader | SourceLoader
+        self, loader: BatchLoader | SourceLoader, start: int = 0
     ) -> Iterator[list[tuple[int, dict[str, Tensor]]]]:
-        """The epoch's micro-batches grouped into optimiser steps of ``grad_accum_steps``."""
+        """The epoch's micro-batches (numbered from ``start``) grouped into optimiser steps of
+        ``grad_accum_steps``."""
         window: list[tuple[int, dict[str, Tensor]]] = []
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(loader, start):
             window.append((i, batch))
             if len(window) == self.grad_accum_steps:
                 yield window
@@ -129,19 +130,30 @@ class EpochLoopMixin:
             yield window
 
     def _run_epoch(
-        self, epoch: int, loader: BatchLoader | SourceLoader, val: TensorFrame | None
+        self,
+        epoch: int,
+        loader: BatchLoader | SourceLoader,
+        val: TensorFrame | None,
+        resume: dict[str, Any] | None = None,
     ) -> None:
+        """One epoch; ``resume`` (a mid-epoch checkpoint's progress) continues a started one."""
         model = self.model
         assert model is not None and self.optimizer is not None
         self.current_epoch = epoch
-        loader.set_epoch(epoch)
+        start = int(resume["batches"]) if resume else 0
+        loader.set_epoch(epoch, start)
         model.train()
-        self._call("on_train_epoch_start")
+        if resume is None:
+            self._call("on_train_epoch_start")
+        # what the epoch has accumulated: saved by mid-epoch checkpoints, None between epochs
+        prog: dict[str, Any] = resume or {"batches": 0, "loss": 0.0, "rows": 0, "extras": {}}
+        self._progress = prog
 
         n_batches = len(loader)
         step_fn: Callable[..., Any] = self._ddp if self._ddp is not None else model.training_step
         bar = tqdm(
             total=n_batches,
+            initial=start,
             desc=f"epoch {epoch}",
             file=sys.stderr,
             disable=not (self.progress_bar and self.is_global_zero),
@@ -149,12 +161,11 @@ class EpochLoopMixin:
             leave=True,
         )
         t0 = time.perf_counter()
-        epoch_loss, epoch_rows = 0.0, 0
-        extra_sums: dict[str, Tensor] = {}
+        extra_sums: dict[str, Tensor] = prog["extras"]
         counts_fn = getattr(model, "loss_counts", None)  # optional protocol
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            for window in self._windows(loader):
+            for window in self._windows(loader, start):
                 first, last = window[0][0], window[-1][0]
                 local_rows = sum(_batch_rows(b) for _, b in window)
                 counts = None
@@ -199,15 +210,19 @@ class EpochLoopMixin:
                 value = self._window_loss(window_loss, local_rows, epoch, first, last)
                 self._optimizer_step()
                 self.global_step += 1
-                epoch_loss += value * local_rows
-                epoch_rows += local_rows
+                prog["loss"] += value * local_rows
+                prog["rows"] += local_rows
+                prog["batches"] = last + 1
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
                 if self.log_every_n_steps and self.global_step % self.log_every_n_steps == 0:
                     self._log(
                         {"epoch": epoch, "train/loss_step": value, "lr": self._current_lr()},
                         self.global_step,
                     )
+                self._call("on_train_step_end")
             train_time = time.perf_counter() - t0
+            epoch_loss, epoch_rows = prog["loss"], prog["rows"]
+            self._progress = None
 
             row: dict[str, Any] = {"epoch": epoch, "step": self.global_step}
             row["train/loss"] = epoch_loss / max(epoch_rows, 1)

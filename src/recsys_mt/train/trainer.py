@@ -238,6 +238,8 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
         self.world_size = dist_utils.get_world_size() if self.distributed else 1
         self._ddp: nn.Module | None = None
         self._total_steps = 0
+        self._progress: dict[str, Any] | None = None  # the running epoch's accumulators
+        self._resume_progress: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ small properties
 
@@ -434,6 +436,7 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
 
         self._call("on_fit_start")
         start_epoch = 0
+        self._resume_progress = None
         if resume_from is not None:
             start_epoch = self._restore(resume_from)
 
@@ -452,7 +455,8 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
                 logger.log_hyperparams(hparams(self))
         try:
             for epoch in range(start_epoch, self.max_epochs):
-                self._run_epoch(epoch, loader, val_frame)
+                resume = self._resume_progress if epoch == start_epoch else None
+                self._run_epoch(epoch, loader, val_frame, resume)
                 if self.should_stop:
                     break
             self._call("on_fit_end")
