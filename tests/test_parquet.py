@@ -376,3 +376,15 @@ def test_trainer_fit_on_parquet_equals_fit_on_the_frame(data):
     for key, value in s_frame.items():
         torch.testing.assert_close(s_pq[key], value, rtol=1e-6, atol=1e-7, msg=key)
     assert t_pq.history[-1]["val/auc_mean"] == t_frame.history[-1]["val/auc_mean"]
+
+
+def test_predict_and_evaluate_stream_from_an_unshuffled_source(data):
+    root, df, schema = data
+    torch.manual_seed(0)
+    model = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(8,), tower_dims=(4,)))
+    frame = schema.transform(df)
+    src = ParquetSource(root, schema, batch_size=100, shuffle=False)
+    pd.testing.assert_frame_equal(model.predict(src), model.predict(frame), check_exact=True)
+    pd.testing.assert_frame_equal(model.evaluate(src), model.evaluate(frame), rtol=1e-6)
+    with pytest.raises(ValueError, match="shuffle=False"):
+        model.predict(ParquetSource(root, schema, batch_size=100, shuffle=True))

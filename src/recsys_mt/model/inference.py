@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..data.frame import TensorFrame
+from ..data.loader import is_source
 from .calibration import METHODS as CALIBRATION_METHODS
 from .calibration import apply_calibration, fit_calibration
 from .evaluation import evaluate_funnel
@@ -67,20 +68,51 @@ class InferenceMixin:
         training at every epoch): restoring the previous mode afterwards would let one thread
         switch id dropout back on while another thread is still predicting.
         """
+        logits = self._scan(data, batch_size)[0]
+        return self.calibrate_logits(logits) if calibrated else logits
+
+    @torch.inference_mode()
+    def _scan(
+        self, data: Any, batch_size: int, need_labels: bool = False
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(logits [N, T], labels [N, T] | None, group [N] | None)`` on the CPU, for a frame,
+        a DataFrame or an unshuffled streaming source (read batch by batch, in file order)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        frame = self._as_frame(data)
-        if len(frame) == 0:
-            raise ValueError("the frame has 0 rows: nothing to predict")
+        if is_source(data):
+            if getattr(data, "shuffle", False):
+                raise ValueError(
+                    f"{type(data).__name__} shuffles its rows: pass one made with "
+                    "shuffle=False to predict or evaluate, so rows come back in file order"
+                )
+            batches = (b for b in data.batches(0) if len(next(iter(b.values()))))
+            frame = None
+        else:
+            frame = self._as_frame(data)
+            if len(frame) == 0:
+                raise ValueError("the frame has 0 rows: nothing to predict")
+            batches = frame.batches(batch_size)
         if self.training:
             self.eval()
         device = self.device
-        out = [
-            self({k: v.to(device, non_blocking=True) for k, v in b.items()}).float().cpu()
-            for b in frame.batches(batch_size)
-        ]
+        out, labels, groups = [], [], []
+        for b in batches:
+            moved = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+            out.append(self(moved).float().cpu())
+            if frame is None and need_labels:
+                if "labels" not in b:
+                    raise ValueError("the source reads no labels: evaluate needs them")
+                labels.append(b["labels"].cpu())
+                if "group" in b:
+                    groups.append(b["group"].cpu())
+        if not out:
+            raise ValueError("the data has 0 rows: nothing to predict")
         logits = torch.cat(out)
-        return self.calibrate_logits(logits) if calibrated else logits
+        if frame is not None:
+            lab = frame["labels"].cpu() if need_labels and "labels" in frame else None
+            grp = frame["group"].cpu() if need_labels and "group" in frame else None
+            return logits, lab, grp
+        return logits, torch.cat(labels) if labels else None, torch.cat(groups) if groups else None
 
     def predict_columns(self) -> list[str]:
         """Names of the columns :meth:`predict` returns, in order."""
@@ -88,7 +120,8 @@ class InferenceMixin:
         return cols + [t.joint for t in self.tasks if t.given is not None and t.binary]
 
     def predict(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> pd.DataFrame:
-        """Per-row predictions as a DataFrame.
+        """Per-row predictions as a DataFrame (``data``: a frame, a DataFrame, or an unshuffled
+        streaming source such as ``ParquetSource(..., shuffle=False)``, read batch by batch).
 
         Columns: one per task (conditional probability, e.g. ``ctr``, ``cvr`` = p(buy | click),
         or the predicted value for regression tasks), then one per binary child task with the
@@ -115,18 +148,11 @@ class InferenceMixin:
         MSE and RMSE on observed rows. Metrics that are undefined (one class present) are NaN.
         Probabilities are calibrated when :meth:`calibrate` has been called.
         """
-        frame = self._as_frame(data)
-        if "labels" not in frame:
+        logits, labels, groups = self._scan(data, batch_size, need_labels=True)
+        if labels is None:
             raise ValueError("evaluate needs labels: the frame was transformed without them")
-        cond, joint = self.probabilities(self.predict_logits(frame, batch_size, calibrated=True))
-        return evaluate_funnel(
-            self.tasks,
-            self.parents,
-            cond,
-            joint,
-            frame["labels"],
-            frame["group"] if "group" in frame else None,
-        )
+        cond, joint = self.probabilities(self.calibrate_logits(logits))
+        return evaluate_funnel(self.tasks, self.parents, cond, joint, labels, groups)
 
     def validation_metrics(self, frame: TensorFrame, batch_size: int) -> dict[str, float]:
         """Trainer protocol: ``{"loss", "<task>_auc", "<task>_logloss", "<joint>_auc", …}``.
