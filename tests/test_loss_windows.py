@@ -155,9 +155,10 @@ model, frame = build(rm.UncertaintyWeighting(), "conditional")
 seen = []
 outputs = model.validation_outputs
 model.validation_outputs = lambda f, bs: (seen.append(len(f)), outputs(f, bs))[1]
-t = rm.Trainer(batch_size=32, **fit_kwargs())
+t = rm.Trainer(batch_size=32, **fit_kwargs({sparse}))
 t.fit(model, frame, frame)
 assert t.world_size == 2
+assert bool(t._sparse_params) == {sparse}  # tables kept out of DDP, rows exchanged
 val = {{k: v for k, v in t.history[-1].items() if k.startswith("val/")}}
 torch.save({{"state": model.state_dict(), "loss": t.history[-1]["train/loss"], "val": val,
             "seen": seen}}, os.path.join({out!r}, f"rank{{t.rank}}.pt"))
@@ -165,14 +166,16 @@ distributed.cleanup()
 """
 
 
-def fit_kwargs() -> dict:
+def fit_kwargs(sparse: bool = False) -> dict:
+    """Settings of the DDP comparison; ``sparse``: row-sparse embedding gradients (exchanged
+    as touched rows under DDP) with lazy Adam, else dense gradients with SGD."""
     return dict(
         max_epochs=2,
         grad_accum_steps=2,
-        optimizer="sgd",
-        lr=0.5,
+        optimizer="adamw" if sparse else "sgd",
+        lr=0.01 if sparse else 0.5,
         progress_bar=False,
-        sparse_embeddings=False,
+        sparse_embeddings=sparse,
         device="cpu",
         seed=3,
     )
@@ -183,11 +186,14 @@ def fit_kwargs() -> dict:
     shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
     reason="torchrun not found",
 )
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, sparse):
     script = tmp_path / "ddp_fit.py"
     src = Path(__file__).resolve().parents[1] / "src"
     script.write_text(
-        _DDP_SCRIPT.format(src=str(src), tests=str(Path(__file__).parent), out=str(tmp_path))
+        _DDP_SCRIPT.format(
+            src=str(src), tests=str(Path(__file__).parent), out=str(tmp_path), sparse=sparse
+        )
     )
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun) if torchrun.exists() else "torchrun"]
@@ -198,7 +204,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
     one, frame = build(rm.UncertaintyWeighting(), "conditional")
-    t = rm.Trainer(batch_size=64, callbacks=[], **fit_kwargs())
+    t = rm.Trainer(batch_size=64, callbacks=[], **fit_kwargs(sparse))
     t.fit(one, frame, frame)
     for key, value in one.state_dict().items():
         for r in ranks:

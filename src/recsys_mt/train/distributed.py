@@ -24,6 +24,7 @@ from torch import Tensor, nn
 __all__ = [
     "StepModule",
     "all_gather_rows",
+    "average_sparse_grads",
     "all_reduce_sum",
     "any_true",
     "barrier",
@@ -38,6 +39,7 @@ __all__ = [
     "is_initialized",
     "is_rank_zero",
     "unwrap_model",
+    "wrap_ddp",
 ]
 
 
@@ -136,6 +138,8 @@ def all_gather_rows(t: Tensor) -> Tensor:
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
     counts = [int(x) for x in sizes]
+    if max(counts) == 0:
+        return t
     padded = t.new_zeros((max(counts), *t.shape[1:]))
     padded[: t.shape[0]] = t
     parts = [torch.empty_like(padded) for _ in range(world)]
@@ -178,3 +182,53 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.model
         else:
             return model
+
+
+def wrap_ddp(
+    model: nn.Module,
+    device: torch.device,
+    sparse_params: list[nn.Parameter],
+    find_unused_parameters: bool = False,
+) -> nn.Module:
+    """``DistributedDataParallel(StepModule(model))`` with ``sparse_params`` (embedding tables
+    with row-sparse gradients) left out of DDP's all-reduce: they are broadcast from rank 0 once
+    here and their gradients averaged by :func:`average_sparse_grads` before each step."""
+    step = StepModule(model)
+    ids = {id(p) for p in sparse_params}
+    ignored = [f"model.{n}" for n, p in model.named_parameters() if id(p) in ids]
+    if ignored:
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            step, ignored
+        )
+        for p in sparse_params:
+            dist.broadcast(p.data, src=0)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(
+        step, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
+
+
+def average_sparse_grads(params: list[nn.Parameter]) -> None:
+    """Replace each parameter's row-sparse gradient by the mean over processes, exchanging
+    only the touched rows (ids and rows gathered from every process, duplicates summed); a
+    process without a gradient for a table contributes no rows. Dense tensors of the table's
+    size never travel."""
+    if not (is_initialized() and dist.get_world_size() > 1):
+        return
+    world = dist.get_world_size()
+    for p in params:
+        dim = p.shape[1:]
+        g = p.grad
+        if g is None:
+            rows = torch.zeros(0, dtype=torch.long, device=p.device)
+            vals = p.new_zeros((0, *dim))
+        elif g.is_sparse:
+            g = g.coalesce()
+            rows, vals = g.indices()[0], g.values()
+        else:  # a dense gradient (e.g. a table read without the sparse path): its nonzero rows
+            rows = g.reshape(g.shape[0], -1).abs().sum(1).nonzero().flatten()
+            vals = g[rows]
+        rows_all = all_gather_rows(rows)
+        vals_all = all_gather_rows(vals)
+        summed = torch.sparse_coo_tensor(rows_all[None], vals_all, p.shape).coalesce()
+        p.grad = summed / world

@@ -41,8 +41,11 @@ Gloo on CPU), uses ``cuda:LOCAL_RANK`` (or the CPU), wraps the model in
 :class:`~torch.nn.parallel.DistributedDataParallel` (through
 :class:`~recsys_mt.train.distributed.StepModule`, so ``training_step`` runs inside DDP's
 forward), and gives each rank every ``world_size``-th row of the epoch's shuffled order.
-Embedding gradients are dense (``param_groups(sparse=False)``), since DDP's NCCL all-reduce
-does not handle sparse tensors. Gradient accumulation uses ``no_sync`` on the inner
+Embedding tables with row-sparse gradients (``sparse_embeddings=True``, or ``"auto"`` when the
+largest table has ``SPARSE_DDP_MIN_ROWS`` rows or more) are kept out of DDP's all-reduce: before
+each optimiser step the processes exchange only the touched rows (ids and rows gathered,
+duplicates summed, averaged), which is what the lazy Adam needs; smaller tables keep dense
+gradients, all-reduced by DDP. Gradient accumulation uses ``no_sync`` on the inner
 micro-batches. Validation is sharded: with a model that offers ``validation_outputs`` /
 ``validation_metrics_from`` (as ``MultiTaskModel`` does), each rank scores a contiguous
 ``1/world_size`` of the validation rows, the per-row outputs are gathered, and every rank
@@ -282,6 +285,8 @@ class EpochLoopMixin:
         step the scheduler when the optimiser actually stepped."""
         opt = self.optimizer
         assert opt is not None
+        if self._sparse_params:  # embedding tables kept out of DDP: average their touched rows
+            dist_utils.average_sparse_grads(self._sparse_params)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         if self.grad_clip_norm is not None:

@@ -111,5 +111,5 @@ def hparams(trainer: Any) -> dict[str, Any]:
         "warmup_steps": trainer.warmup_steps,
         "seed": trainer.seed,
         "world_size": trainer.world_size,
-        "sparse_embeddings": trainer._resolve_sparse(),
+        "sparse_embeddings": trainer._sparse_resolved,
     }
