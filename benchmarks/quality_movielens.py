@@ -152,11 +152,15 @@ def run_recsys(variant: str, data, seed: int, args):
     default brings, ``+nodrop`` (``id_dropout=0``), ``+valloss`` (early stopping on
     ``val/loss``), ``+nocal`` (``auto_calibrate=None``)."""
     base, *options = variant.split("+")
-    known = {"aitm", "ips", "dr", "conditional", "nodrop", "valloss", "nocal"}
+    known = {"aitm", "ips", "dr", "conditional", "nodrop", "valloss", "nocal", "stats", "allstats"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise SystemExit(f"unknown variant options {unknown} in {variant!r}")
     schema, encoders = recsys_schema(base)
+    if "stats" in options or "allstats" in options:
+        entities = SPARSE if "allstats" in options else ("movie_id",)
+        extra = [rm.FunnelStats(f"{c}_stats", entity=c) for c in entities]
+        schema = rm.Schema(list(schema.features) + extra, tasks=list(schema.tasks))
     if "nodrop" in options:
         encoders = [rm.IDEmbedding(id_dropout=0.0)] + (encoders or [])[1:]
     train = schema.fit_transform(data.train)
