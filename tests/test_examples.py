@@ -72,3 +72,12 @@ def test_deep_funnel_example(tmp_path):
         assert cal["ctr", "auc"] > 0.6
         assert cal["ctr", "logloss"] <= raw["ctr", "logloss"] + 0.005
     assert plot.stat().st_size > 0
+
+
+def test_image_vectors_example():
+    results = load("image_vectors").main(
+        ["--impressions", "20000", "--users", "300", "--items", "400", "--epochs", "2"]
+    )
+    ids, image = results["ids"], results["ids + image"]
+    assert ids["seen items"] > 0.6 and image["seen items"] > 0.6
+    assert image["new items"] > ids["new items"] + 0.1  # only the vectors describe new items

@@ -20,6 +20,7 @@ from .data import (  # noqa: E402
     Sparse,
     TensorFrame,
     Text,
+    Vector,
 )
 from .encoders import (  # noqa: E402
     BertTextTower,
@@ -29,8 +30,20 @@ from .encoders import (  # noqa: E402
     Fusion,
     IDEmbedding,
     TargetAttention,
+    VectorEncoder,
 )
-from .losses import Balancer, StaticWeights, UncertaintyWeighting  # noqa: E402
+from .losses import (  # noqa: E402
+    DWA,
+    MGDA,
+    Balancer,
+    CAGrad,
+    GradientBalancer,
+    GradNorm,
+    ParetoWeights,
+    PCGrad,
+    StaticWeights,
+    UncertaintyWeighting,
+)
 from .model import CheckpointError, MultiTaskModel  # noqa: E402
 from .registry import register  # noqa: E402
 from .rerank import DPP, MMR, CallableFusion, CategoryCoverage, WeightedProduct, WeightedSum  # noqa: E402
@@ -67,6 +80,13 @@ __all__ = [
     "PAD_ID",
     "PLE",
     "Balancer",
+    "CAGrad",
+    "DWA",
+    "GradNorm",
+    "GradientBalancer",
+    "MGDA",
+    "PCGrad",
+    "ParetoWeights",
     "BatchLoader",
     "CheckpointError",
     "ConcatFusion",
@@ -92,6 +112,8 @@ __all__ = [
     "TensorFrame",
     "Text",
     "UncertaintyWeighting",
+    "Vector",
+    "VectorEncoder",
     "__version__",
     "register",
 ]

@@ -1,6 +1,6 @@
 """Data: feature specs, ``Schema``, columnar ``TensorFrame``, batching, synthetic data."""
 
-from .features import OOV_ID, PAD_ID, Dense, Feature, FunnelStats, Sequence, Sparse, Text
+from .features import OOV_ID, PAD_ID, Dense, Feature, FunnelStats, Sequence, Sparse, Text, Vector
 from .frame import TensorFrame
 from .loader import BatchLoader
 from .parquet import ParquetSource
@@ -21,4 +21,5 @@ __all__ = [
     "Sparse",
     "TensorFrame",
     "Text",
+    "Vector",
 ]

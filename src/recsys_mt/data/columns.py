@@ -69,10 +69,18 @@ def dense_values(df: pd.DataFrame, f: Dense, stats: dict[str, float] | None) -> 
 def dense_stats(x: np.ndarray, f: Dense) -> dict[str, float]:
     """``{"mean", "std", "fill"}`` of the values :func:`dense_values` returns without stats."""
     seen = (~np.isnan(x)).any()
+    mean = float(np.nanmean(x)) if seen else None
+    std = float(np.nanstd(x)) if seen and f.transform != "none" else None
+    return dense_stats_from(f, mean, std)
+
+
+def dense_stats_from(f: Dense, mean: float | None, std: float | None) -> dict[str, float]:
+    """:func:`dense_stats` from the mean and population std (ddof 0) of the non-NaN fit values
+    (``None`` when there are none; ``std`` is unused with ``transform="none"``)."""
+    if mean is None:
+        return {"mean": 0.0, "std": 1.0, "fill": 0.0}
     if f.transform == "none":
-        return {"mean": 0.0, "std": 1.0, "fill": float(np.nanmean(x)) if seen else 0.0}
-    mean = float(np.nanmean(x)) if seen else 0.0
-    std = float(np.nanstd(x)) if seen else 1.0
+        return {"mean": 0.0, "std": 1.0, "fill": mean}
     return {"mean": mean, "std": std if std > 1e-12 else 1.0, "fill": 0.0}
 
 

@@ -2,7 +2,7 @@
 
 Specs are plain dataclasses holding the parameters exactly as given; everything learned from data
 lives in :class:`~recsys_mt.data.schema.Schema` (``vocabularies_``, ``dense_stats_``,
-``funnel_stats_``).
+``vector_stats_``, ``funnel_stats_``).
 """
 
 from __future__ import annotations
@@ -220,6 +220,48 @@ class Text(Feature):
 
 
 @dataclass
+class Vector(Feature):
+    """A precomputed fixed-length float vector per row (an image or text embedding computed
+    offline by any model).
+
+    Args:
+        name: feature name (also the input column unless ``column`` is given).
+        dim: length of every vector (>= 1).
+        normalize: ``None`` (values as given), ``"l2"`` (each vector divided by its L2 norm;
+            zero vectors stay zero) or ``"standard"`` (per-dimension z-score with the training
+            mean and std, learned at ``fit`` and saved in ``schema.json``).
+        nan: policy for a missing cell (None / NaN) or a vector holding NaN: ``"error"``
+            (raise, naming the column and row) or ``"zero"`` (encode a zero vector and a
+            presence flag of 0, see below). inf is always an error.
+        column: source column; each cell a list, tuple or 1-d array of ``dim`` real numbers.
+            In Parquet, a ``list`` / ``large_list`` / ``fixed_size_list`` of floats or ints.
+
+    Encoded as float32 ``[N, dim]`` under the frame key ``"vec/<name>"``; with ``nan="zero"``
+    also ``"vec_present/<name>"``, float32 ``[N]``: 1 where the row had a vector, 0 where it
+    was encoded as zeros. :class:`~recsys_mt.encoders.VectorEncoder` feeds both to the model.
+    """
+
+    kind: ClassVar[str] = "vector"
+    dim: int
+    normalize: str | None = None
+    nan: str = "error"
+    column: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        who = f"Vector({self.name!r})"
+        if not isinstance(self.dim, numbers.Integral) or isinstance(self.dim, bool) or self.dim < 1:
+            raise ValueError(f"{who}: dim must be an int >= 1, got {self.dim!r}")
+        self.dim = int(self.dim)
+        if self.normalize not in (None, "l2", "standard"):
+            raise ValueError(
+                f"{who}: normalize must be None, 'l2' or 'standard', got {self.normalize!r}"
+            )
+        if self.nan not in ("error", "zero"):
+            raise ValueError(f"{who}: nan must be 'error' or 'zero', got {self.nan!r}")
+
+
+@dataclass
 class FunnelStats(Feature):
     """Leakage-safe funnel statistics (smoothed target encoding) of an entity.
 
@@ -335,4 +377,6 @@ class FunnelStats(Feature):
         return [f"{self.name}.{t}_{s}" for t in task_names for s in suffixes]
 
 
-_KINDS: dict[str, type[Feature]] = {c.kind: c for c in (Sparse, Dense, Sequence, Text, FunnelStats)}
+_KINDS: dict[str, type[Feature]] = {
+    c.kind: c for c in (Sparse, Dense, Sequence, Text, Vector, FunnelStats)
+}

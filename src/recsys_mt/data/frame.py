@@ -19,6 +19,9 @@ class TensorFrame:
       (``meta["dense"]`` = ``schema.dense_columns`` order);
     - ``"seq/<name>"``: int64 ``[N, L]`` id sequences, left-aligned, 0-padded;
     - ``"text/<name>"``: int64 ``[N]`` index into ``meta["texts"][name]`` (distinct strings);
+    - ``"vec/<name>"``: float32 ``[N, dim]`` precomputed vectors (normalised as the spec says)
+      and, for ``nan="zero"`` vectors, ``"vec_present/<name>"``: float32 ``[N]``, 1 where the
+      row held a vector, 0 where it was encoded as zeros;
     - ``"labels"``: float32 ``[N, T]`` labels in ``meta["tasks"]`` order;
     - ``"group"``: int64 ``[N]`` group (user) codes for GAUC.
 
@@ -68,14 +71,14 @@ class TensorFrame:
 
     def column(self, name: str) -> Tensor:
         """One feature by name: ``[N]`` for sparse / dense / text features and labels by task
-        name, ``[N, L]`` for sequences."""
+        name, ``[N, L]`` for sequences, ``[N, dim]`` for vectors."""
         for group in ("sparse", "dense"):
             names = self.meta.get(group, [])
             if name in names:
                 return self.tensors[group][:, names.index(name)]
         if name in self.meta.get("tasks", []):
             return self.tensors["labels"][:, self.meta["tasks"].index(name)]
-        for prefix in ("seq/", "text/"):
+        for prefix in ("seq/", "text/", "vec/"):
             if prefix + name in self.tensors:
                 return self.tensors[prefix + name]
         raise KeyError(f"no feature or task named {name!r} in this frame")

@@ -40,6 +40,7 @@ from .parquet_plan import (
     worker_batch_counts,
     worker_span,
 )
+from .vectors import empty_vector_tensors
 from .vocab import OOVWarning, SchemaError, _canonical, _id_kind
 
 __all__ = ["ParquetReadError", "ParquetSource"]
@@ -73,9 +74,9 @@ class ParquetSource:
     - a rank then yields empty batches (0 rows, same keys, dtypes and trailing shapes) up to
       :meth:`num_batches`, the same for every rank: distributed ranks take equal step counts.
 
-    Batches are ``dict[str, Tensor]`` with the keys of ``schema.transform``: ``"sparse"`` int64
-    ``[B, S]``, ``"dense"`` float32 ``[B, D]``, ``"seq/<name>"`` int64 ``[B, L]``, ``"labels"``
-    float32 ``[B, T]`` (when read) and ``"group"`` int64 ``[B]``, plus ``"raw/<column>"``
+    Batches are ``dict[str, Tensor]`` with the keys, dtypes and trailing shapes of the tensors of
+    ``schema.transform`` (``"sparse"``, ``"dense"``, ``"seq/<name>"``, ``"vec/<name>"``, ...; see
+    :class:`~recsys_mt.data.TensorFrame`; ``"labels"`` when read), plus ``"raw/<column>"``
     ``[B]`` per pass-through column (float64 for floating point columns, else int64).
     ``"group"`` holds a stable 64-bit hash of the group value (``-1`` when missing), not
     ``Schema.transform``'s per-frame codes, so a group has one code across chunks and ranks.
@@ -239,7 +240,7 @@ class ParquetSource:
     def empty_batch(self) -> Batch:
         """A batch of 0 rows with the keys, dtypes and trailing shapes of the real ones."""
         s = self.schema
-        out: Batch = {}
+        out: Batch = empty_vector_tensors(s.vectors)
         if s.sparse:
             out["sparse"] = torch.zeros(0, len(s.sparse), dtype=torch.int64)
         if s.dense_columns:

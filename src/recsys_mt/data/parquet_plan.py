@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .features import Dense, FunnelStats, Sparse, Text
+from .features import Dense, FunnelStats, Sparse, Text, Vector
 from .features import Sequence as SequenceFeature
+from .vectors import arrow_vector_problem
 
 INSTALL_HINT = "pip install recsys-mt[parquet]"
 
@@ -68,14 +69,16 @@ class Need:
     """A column the source reads and what it must hold.
 
     ``kind``: ``"ids"`` (a Sparse feature; ``ids`` is the vocabulary's ``"int"`` / ``"str"``),
-    ``"list"`` (a Sequence feature's list of ids), ``"number"`` (a Dense feature or a label),
-    ``"scalar"`` (the group column) or ``"raw"`` (a pass-through column).
+    ``"list"`` (a Sequence feature's list of ids), ``"vector"`` (a Vector feature's list of
+    ``dim`` numbers), ``"number"`` (a Dense feature or a label), ``"scalar"`` (the group column)
+    or ``"raw"`` (a pass-through column).
     """
 
     column: str
     role: str
     kind: str
     ids: str | None = None
+    dim: int | None = None
 
 
 # ----------------------------------------------------------------------------- files
@@ -157,6 +160,8 @@ def needed_columns(schema: Any, labels: bool, raw: Sequence[str]) -> list[Need]:
             needs.append(Need(f.column, role, "list", kind))
         elif isinstance(f, Dense):
             needs.append(Need(f.column, role, "number"))
+        elif isinstance(f, Vector):
+            needs.append(Need(f.column, role, "vector", dim=f.dim))
     if schema.group is not None:
         needs.append(Need(schema.group, "group column", "scalar"))
     if labels:
@@ -229,6 +234,8 @@ def type_problem(need: Need, t: Any, pa: Any) -> str | None:
             return f"needs lists of {need.ids} ids"
         if _id_family(t.value_type, pa) not in (need.ids, "null"):
             return f"needs lists of {need.ids} ids, the ids the schema was fit on"
+    if need.kind == "vector":
+        return arrow_vector_problem(t, need.dim, pa)
     if need.kind == "scalar" and pa.types.is_nested(t):
         return "needs scalar group values (ints or strings), not nested values"
     return None
@@ -268,7 +275,8 @@ def _widen(types: list[Any], pa: Any) -> Any | None:
 def _fallback(need: Need, pa: Any) -> Any:
     """Type of a column that is all-null in every file."""
     ids = pa.int64() if need.ids == "int" else pa.large_string()
-    return {"number": pa.float64(), "ids": ids, "list": pa.large_list(ids)}.get(
+    vector = pa.large_list(pa.float64())
+    return {"number": pa.float64(), "ids": ids, "list": pa.large_list(ids), "vector": vector}.get(
         need.kind, pa.null()
     )
 

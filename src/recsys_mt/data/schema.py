@@ -14,7 +14,7 @@ import torch
 from ..tasks.task import Task, order_tasks
 from . import schema_io
 from .columns import dense_stats, dense_values, encode_labels
-from .features import Dense, Feature, FunnelStats, Sequence, Sparse, Text
+from .features import Dense, Feature, FunnelStats, Sequence, Sparse, Text, Vector
 from .frame import TensorFrame
 from .funnel_stats import (
     FunnelTable,
@@ -24,6 +24,7 @@ from .funnel_stats import (
     validate_funnel_stats,
 )
 from .hashing import Key
+from .vectors import VectorStats, fit_vector_stats, vector_tensors
 from .vocab import (
     OOVWarning,
     SchemaError,
@@ -47,14 +48,15 @@ class Schema:
     """Feature specs and tasks; learns vocabularies and statistics, turns DataFrames to tensors.
 
     Follows scikit-learn conventions: parameters are stored as given, learned state ends with
-    ``_`` (``vocabularies_``, ``dense_stats_``, ``funnel_stats_``), and every input is validated
-    before any state changes. Errors are :class:`SchemaError` (a ``ValueError``) naming the
-    column and value. Training rows should be encoded with :meth:`fit_transform` (leakage-safe
-    :class:`FunnelStats`), all other rows with :meth:`transform`.
+    ``_`` (``vocabularies_``, ``dense_stats_``, ``vector_stats_``, ``funnel_stats_``), and every
+    input is validated before any state changes. Errors are :class:`SchemaError` (a
+    ``ValueError``) naming the column and value. Training rows should be encoded with
+    :meth:`fit_transform` (leakage-safe :class:`FunnelStats`), all other rows with
+    :meth:`transform`.
 
     Args:
-        features: :class:`Sparse`, :class:`Dense`, :class:`Sequence`, :class:`Text` and
-            :class:`FunnelStats` specs.
+        features: :class:`Sparse`, :class:`Dense`, :class:`Sequence`, :class:`Text`,
+            :class:`Vector` and :class:`FunnelStats` specs.
         tasks: :class:`~recsys_mt.tasks.Task` list; parents may follow children (they are
             ordered), ``given=`` must name a task, and chains must not have cycles.
         group: column grouping rows for GAUC (usually the user id). ``"auto"`` uses a feature
@@ -112,6 +114,7 @@ class Schema:
         self.oov_warn_rate = None if oov_warn_rate is None else float(oov_warn_rate)
         self.vocabularies_: dict[str, _Vocab] | None = None
         self.dense_stats_: dict[str, dict[str, float]] | None = None
+        self.vector_stats_: dict[str, VectorStats] | None = None
         self.funnel_stats_: dict[str, FunnelTable] | None = None
 
     # ------------------------------------------------------------------ views
@@ -142,6 +145,10 @@ class Schema:
     @property
     def texts(self) -> list[Text]:
         return self._of(Text)
+
+    @property
+    def vectors(self) -> list[Vector]:
+        return self._of(Vector)
 
     @property
     def task_names(self) -> list[str]:
@@ -219,14 +226,42 @@ class Schema:
         return encode_labels(self.tasks, df)
 
     # ------------------------------------------------------------------ fit / transform
-    def fit(self, df: pd.DataFrame) -> Schema:
-        """Learn vocabularies, dense statistics and funnel statistics from ``df``; returns ``self``.
+    def fit(self, data: Any, *, progress_bar: bool = True, chunk_rows: int = 65536) -> Schema:
+        """Learn vocabularies, dense statistics and funnel statistics from ``data``; returns
+        ``self``.
 
-        Validates the whole frame first (labels too, if present; :class:`FunnelStats` need them);
-        on error nothing changes. Do not ``transform`` the same rows afterwards when the schema
-        has FunnelStats (their rows would see their own labels): use :meth:`fit_transform`.
+        Args:
+            data: the training rows, as one of
+
+                - a pandas DataFrame, fit in memory;
+                - a Parquet file, a directory of them (searched recursively for
+                  ``*.parquet``) or a list of files and directories (``str`` or
+                  ``os.PathLike``), read ``chunk_rows`` rows at a time, only the columns the
+                  schema needs;
+                - any other iterable of DataFrame chunks (a list, a generator,
+                  ``pd.read_csv(path, chunksize=...)``).
+
+                Files and chunks are fit in one pass holding one chunk at a time, with the
+                result of fitting their concatenation (vocabularies exactly, dense statistics up
+                to float64 rounding); memory grows with the number of distinct ids, not rows
+                (``hash_buckets`` features need none). :class:`FunnelStats` (and
+                :class:`Vector`) features raise ``NotImplementedError`` there: fit them on a
+                DataFrame. See the "Streaming from Parquet" docs page.
+            progress_bar: a tqdm bar of the rows read, on stderr (files and chunks only).
+            chunk_rows: rows per chunk read from Parquet files.
+
+        Validates the whole frame (or every chunk) first, labels too if present
+        (:class:`FunnelStats` need them); on error nothing changes, and a chunk's error names
+        the chunk (or the file and its rows). Do not ``transform`` the same rows afterwards when
+        the schema has FunnelStats (their rows would see their own labels): use
+        :meth:`fit_transform`, which takes a DataFrame only.
         """
-        self._fit(df)
+        if isinstance(data, pd.DataFrame):
+            self._fit(data)
+        else:
+            from .streaming_fit import fit_chunks
+
+            fit_chunks(self, data, progress_bar, chunk_rows)
         return self
 
     def _fit(self, df: pd.DataFrame) -> np.ndarray | None:
@@ -244,11 +279,13 @@ class Schema:
             kind = _id_kind(flat, f"sequence column {f.column!r}") if len(flat) else "int"
             vocabs[f.name] = fit_vocab(f, kind, *_canonical(flat, kind))
         stats = {f.name: dense_stats(dense_values(df, f, None), f) for f in self.dense}
+        vector_stats = fit_vector_stats(df, self.vectors)
         if has_labels and not self.funnel_stats:
             self._labels(df)  # validation only; fit_funnel_stats validates them itself
         funnel, train_funnel = fit_funnel_stats(self, df, has_labels)
         self.vocabularies_ = vocabs
         self.dense_stats_ = stats
+        self.vector_stats_ = vector_stats
         self.funnel_stats_ = funnel
         return train_funnel
 
@@ -332,6 +369,8 @@ class Schema:
             codes, uniques = pd.factorize(df[f.column].fillna("").astype(str), sort=False)
             tensors[f"text/{f.name}"] = torch.from_numpy(codes.astype(np.int64))
             meta["texts"][f.name] = list(uniques)
+        for f in self.vectors:
+            tensors.update(vector_tensors(df, f, (self.vector_stats_ or {}).get(f.name)))
         if has_labels:
             tensors["labels"] = torch.from_numpy(self._labels(df))
         if self.group is not None:

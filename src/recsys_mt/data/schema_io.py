@@ -24,6 +24,7 @@ from .validate import (
     check_funnel_stats,
     check_task,
     check_top,
+    check_vector_stats,
     check_vocabularies,
     fail,
 )
@@ -38,7 +39,7 @@ FORMAT_VERSION = 1
 def schema_to_dict(schema: Schema) -> dict[str, Any]:
     """JSON-safe dict of the specs and learned state (no secret keys)."""
     vocabs, funnel = schema.vocabularies_, schema.funnel_stats_
-    return {
+    d = {
         "format_version": FORMAT_VERSION,
         "features": [f.to_dict() for f in schema.features],
         "tasks": [t.to_dict() for t in schema.tasks],
@@ -48,6 +49,9 @@ def schema_to_dict(schema: Schema) -> dict[str, Any]:
         "dense_stats": schema.dense_stats_,
         "funnel_stats": None if funnel is None else {k: v.to_dict() for k, v in funnel.items()},
     }
+    if schema.vectors:  # only then, so files of schemas without vectors keep their layout
+        d["vector_stats"] = schema.vector_stats_
+    return d
 
 
 def schema_from_dict(cls: type, d: Any, keys: Mapping[str, Key] | Key | None) -> Schema:
@@ -78,7 +82,7 @@ def schema_from_dict(cls: type, d: Any, keys: Mapping[str, Key] | Key | None) ->
     except (ValueError, TypeError) as e:
         raise SchemaError(f"invalid schema.json: {e}") from None
     if d.get("vocabularies") is None:
-        for name in ("dense_stats", "funnel_stats"):
+        for name in ("dense_stats", "vector_stats", "funnel_stats"):
             if d.get(name) is not None:
                 fail(name, "learned state of an unfitted schema (vocabularies is null)")
         return schema
@@ -93,6 +97,7 @@ def schema_from_dict(cls: type, d: Any, keys: Mapping[str, Key] | Key | None) ->
                     f"(vocabularies[{name!r}].key_check does not match)"
                 )
     check_dense_stats(d.get("dense_stats"), schema.dense)
+    check_vector_stats(d.get("vector_stats"), schema.vectors)
     check_funnel_stats(d.get("funnel_stats") or {}, schema.funnel_stats, schema.tasks)
     vocabs = {
         k: _Vocab.from_dict(v, getattr(by_name[k], "hash_key", None))
@@ -106,6 +111,7 @@ def schema_from_dict(cls: type, d: Any, keys: Mapping[str, Key] | Key | None) ->
             fail(f"funnel_stats[{k!r}]", f"malformed table ({type(e).__name__}: {e})")
     schema.vocabularies_ = vocabs
     schema.dense_stats_ = {k: dict(v) for k, v in d["dense_stats"].items()}
+    schema.vector_stats_ = {k: dict(v) for k, v in (d.get("vector_stats") or {}).items()}
     schema.funnel_stats_ = tables
     return schema
 

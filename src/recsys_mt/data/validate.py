@@ -14,12 +14,19 @@ import numpy as np
 import pandas as pd
 
 from ..tasks.task import Task
-from .features import _KINDS, Dense, Feature, FunnelStats, Sequence, Sparse
+from .features import _KINDS, Dense, Feature, FunnelStats, Sequence, Sparse, Vector
 from .hashing import TOKEN_DIGEST
 from .vocab import INT64_MAX, SchemaError
 
 _TOP_REQUIRED = ("format_version", "features", "tasks")
-_TOP_OPTIONAL = ("group", "oov_warn_rate", "vocabularies", "dense_stats", "funnel_stats")
+_TOP_OPTIONAL = (
+    "group",
+    "oov_warn_rate",
+    "vocabularies",
+    "dense_stats",
+    "vector_stats",
+    "funnel_stats",
+)
 
 
 def fail(path: str, message: str) -> NoReturn:
@@ -185,6 +192,28 @@ def check_dense_stats(stats: Any, dense: list[Dense]) -> None:
         path = f"dense_stats[{f.name!r}]"
         _keys(stats[f.name], path, ("mean", "std"), ("fill",))
         _numbers(stats[f.name], path, list(stats[f.name]), positive=("std",))
+
+
+def check_vector_stats(stats: Any, vectors: list[Vector]) -> None:
+    """Per-dimension ``mean`` / ``std``, lists of ``dim`` numbers, per ``"standard"`` vector."""
+    standard = [f for f in vectors if f.normalize == "standard"]
+    if stats is None and not standard:
+        return
+    _keys(stats, "vector_stats", tuple(f.name for f in standard))
+    for f in standard:
+        path = f"vector_stats[{f.name!r}]"
+        _keys(stats[f.name], path, ("mean", "std"))
+        for k in ("mean", "std"):
+            v = stats[f.name][k]
+            if not isinstance(v, list) or len(v) != f.dim:
+                got = f"{len(v)} values" if isinstance(v, list) else _show(v)
+                fail(
+                    f"{path}.{k}",
+                    f"expected {f.dim} numbers, the dim of the feature spec "
+                    f"Vector({f.name!r}, dim={f.dim}); got {got}",
+                )
+            if not all(map(_is_number, v)) or (k == "std" and min(v) <= 0):
+                fail(f"{path}.{k}", f"expected finite numbers{' > 0' * (k == 'std')}")
 
 
 def check_funnel_stats(tables: Any, specs: list[FunnelStats], tasks: list[Task]) -> None:

@@ -169,12 +169,18 @@ class _Vocab:
         return cls(d["kind"], d.get("values"), d.get("buckets"), key, d.get("anonymized", False))
 
 
-def _build_vocab(values: np.ndarray, spec: Sparse | Sequence) -> list:
-    counts = pd.Series(values).value_counts(sort=False)  # first-appearance order
+def _build_vocab(counts: pd.Series, spec: Sparse | Sequence) -> list:
+    """Known values from their counts in first-appearance order: those seen ``min_freq`` times,
+    the ``max_vocab`` most frequent (ties by first appearance) when there are more."""
     counts = counts[counts >= spec.min_freq]
     if spec.max_vocab is not None and len(counts) > spec.max_vocab:
         counts = counts.iloc[np.argsort(-counts.to_numpy(), kind="stable")[: spec.max_vocab]]
     return counts.index.tolist()
+
+
+def is_hashed(spec: Sparse | Sequence) -> bool:
+    """Whether a feature hashes its values into buckets (no vocabulary to learn)."""
+    return getattr(spec, "hash_buckets", None) is not None
 
 
 def fit_vocab(
@@ -182,10 +188,17 @@ def fit_vocab(
 ) -> _Vocab:
     """The vocabulary of a feature from its canonical fit values (hash buckets, keyed tokens of
     the known values when ``anonymize``, or the known values)."""
+    counts = None if is_hashed(spec) else pd.Series(values[~missing]).value_counts(sort=False)
+    return vocab_from_counts(spec, kind, counts)  # value_counts: first-appearance order
+
+
+def vocab_from_counts(spec: Sparse | Sequence, kind: str, counts: pd.Series | None) -> _Vocab:
+    """:func:`fit_vocab` from the count of every non-missing fit value, indexed by the values in
+    first-appearance order (``None`` for a hashed feature)."""
     key = getattr(spec, "hash_key", None)
-    if getattr(spec, "hash_buckets", None) is not None:
+    if is_hashed(spec):
         return _Vocab(kind, buckets=spec.hash_buckets, key=key)
-    known = _build_vocab(values[~missing], spec)
+    known = _build_vocab(counts, spec)
     if getattr(spec, "anonymize", False):
         tokens = anonymize(np.asarray(known, dtype=object), key).tolist()
         return _Vocab(kind, tokens, key=key, anonymized=True)

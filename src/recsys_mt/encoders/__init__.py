@@ -1,10 +1,12 @@
-"""Encoders: ids, sequences, dense features (and the BERT text tower), plus fusion."""
+"""Encoders: ids, sequences, dense features, precomputed vectors (and the BERT text tower),
+plus fusion."""
 
 from .base import Encoder, Fusion, masked_mean
 from .dense import DenseEncoder
 from .fusion import ConcatFusion
 from .id_embedding import IDEmbedding, TargetAttention
 from .text import BertTextTower
+from .vector import VectorEncoder
 
 __all__ = [
     "BertTextTower",
@@ -14,5 +16,6 @@ __all__ = [
     "Fusion",
     "IDEmbedding",
     "TargetAttention",
+    "VectorEncoder",
     "masked_mean",
 ]

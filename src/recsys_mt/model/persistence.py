@@ -165,7 +165,7 @@ def load_pretrained(
 def _schema_diff(a: Schema, b: Schema) -> str:
     da, db = a.to_dict(), b.to_dict()
     diffs = []
-    for key in ("features", "tasks", "group", "dense_stats", "funnel_stats"):
+    for key in ("features", "tasks", "group", "dense_stats", "vector_stats", "funnel_stats"):
         if da.get(key) != db.get(key):
             diffs.append(key)
     va, vb = da["vocabularies"] or {}, db["vocabularies"] or {}
