@@ -313,3 +313,44 @@ def test_shared_vocabulary_kind_is_checked_once_known():
         schema().fit(pd.concat(never, ignore_index=True))
     with pytest.raises(SchemaError, match=match):
         schema().fit(never, progress_bar=False)
+
+
+def test_vector_statistics_stream_like_the_whole_frame():
+    rng = np.random.default_rng(5)
+    n = 2_500
+    vecs = [rng.normal(3.0, 2.0, 6) * (k % 7 + 1) for k in range(n)]
+    for k in range(0, n, 97):
+        vecs[k] = None  # missing: no say in the statistics
+    frame = pd.DataFrame(
+        {
+            "item_id": rng.integers(0, 50, n),
+            "emb": vecs,
+            "raw": vecs,
+            "click": rng.integers(0, 2, n),
+        }
+    )
+    frame["raw"] = [v if v is not None else [0.5] * 6 for v in vecs]
+
+    def schema():
+        return rm.Schema(
+            [
+                rm.Sparse("item_id"),
+                rm.Vector("emb", dim=6, normalize="standard", nan="zero"),
+                rm.Vector("raw", dim=6, normalize="l2"),
+            ],
+            tasks=[rm.Task("ctr", "click")],
+        )
+
+    want = schema().fit(frame)
+    got = schema().fit(chunks(frame, 333))
+    a, b = got.vector_stats_["emb"], want.vector_stats_["emb"]
+    np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-12)
+    np.testing.assert_allclose(a["std"], b["std"], rtol=1e-12)
+    assert set(got.vector_stats_) == {"emb"}
+    x, y = got.transform(frame), want.transform(frame)
+    torch.testing.assert_close(x["vec/emb"], y["vec/emb"], rtol=1e-6, atol=1e-6)
+    assert torch.equal(x["vec/raw"], y["vec/raw"])
+    bad = frame.copy()
+    bad.at[1500, "raw"] = [1.0, 2.0]
+    with pytest.raises(SchemaError, match=r"chunk 4 .*raw"):
+        schema().fit(chunks(bad, 333))

@@ -23,9 +23,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from .columns import dense_stats_from, dense_values
-from .features import Dense, FunnelStats, Sequence, Sparse, Text
+from .features import Dense, FunnelStats, Sequence, Sparse, Text, Vector
 from .parquet import _pandas_dtype
 from .parquet_plan import ParquetReadError, check_int, import_pyarrow, list_files, read_metadata
+from .vectors import VectorStats, vector_stats_from, vector_values
 from .vocab import (
     SchemaError,
     _canonical,
@@ -38,7 +39,7 @@ from .vocab import (
 
 __all__ = ["fit_chunks"]
 
-STREAMED = (Sparse, Dense, Sequence, Text)
+STREAMED = (Sparse, Dense, Sequence, Text, Vector)
 """Feature kinds a streaming fit learns exactly (:class:`Text` learns nothing at fit)."""
 
 
@@ -74,10 +75,10 @@ def fit_chunks(schema: Any, data: Any, progress_bar: bool, chunk_rows: int) -> N
             except SchemaError as e:
                 raise SchemaError(f"{where}: {e}") from e
             bar.update(len(df))
-    vocabs, stats = fit.result()
+    vocabs, stats, vector_stats = fit.result()
     schema.vocabularies_ = vocabs
     schema.dense_stats_ = stats
-    schema.vector_stats_ = {}  # what a frame without Vector features gives
+    schema.vector_stats_ = vector_stats
     schema.funnel_stats_ = {}
 
 
@@ -142,30 +143,36 @@ class _Ids:
 
 
 class _Moments:
-    """Count, mean and sum of squared deviations (M2) of the non-NaN values seen so far."""
+    """Count, mean and sum of squared deviations (M2) of the values seen so far: scalars
+    (``Dense``) or per dimension (``Vector``, rows ``[m, dim]``)."""
 
     def __init__(self) -> None:
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
 
     def add(self, x: np.ndarray) -> None:
-        """Merge a chunk's values (Chan et al.'s parallel update, float64)."""
-        x = x[~np.isnan(x)]
-        if not x.size:
+        """Merge a chunk's rows (Chan et al.'s parallel update, float64)."""
+        m = len(x)
+        if not m:
             return
-        m = x.size
-        mean = float(x.mean())
-        m2 = float(np.square(x - mean).sum())
+        mean = x.mean(axis=0)
+        m2 = np.square(x - mean).sum(axis=0)
         n = self.n + m
         delta = mean - self.mean
-        self.mean += delta * (m / n)
-        self.m2 += m2 + delta * delta * (self.n * m / n)
+        self.mean = self.mean + delta * (m / n)
+        self.m2 = self.m2 + m2 + delta * delta * (self.n * m / n)
         self.n = n
 
     def stats(self, f: Dense) -> dict[str, float]:
         """``dense_stats`` of all values: population std (ddof 0), as ``np.nanstd``."""
         if not self.n:
             return dense_stats_from(f, None, None)
-        return dense_stats_from(f, self.mean, math.sqrt(self.m2 / self.n))
+        return dense_stats_from(f, float(self.mean), math.sqrt(float(self.m2) / self.n))
+
+    def vector_stats(self, f: Vector) -> VectorStats:
+        """``vector_stats`` of all rows holding a vector (per-dimension population std)."""
+        if not self.n:
+            return vector_stats_from(f, None, None)
+        return vector_stats_from(f, self.mean, np.sqrt(self.m2 / self.n))
 
 
 class _StreamFit:
@@ -178,6 +185,7 @@ class _StreamFit:
         self.ids = {f.name: _Ids(count=not is_hashed(f)) for f in schema.sparse}
         self.ids.update({f.name: _Ids(True) for f in schema.sequences if f.vocab_from is None})
         self.moments = {f.name: _Moments() for f in schema.dense}
+        self.vectors = {f.name: _Moments() for f in schema.vectors}
         self.pending: dict[str, pd.Series] = {}  # shared-vocabulary ids awaiting their kind
 
     def add(self, df: pd.DataFrame) -> None:
@@ -202,7 +210,12 @@ class _StreamFit:
             else:
                 self._check_shared(f, flat)
         for f in schema.dense:
-            self.moments[f.name].add(dense_values(df, f, None))
+            x = dense_values(df, f, None)
+            self.moments[f.name].add(x[~np.isnan(x)])
+        for f in schema.vectors:  # validated always; moments for "standard" ones
+            x, present = vector_values(df[f.column], f)
+            if f.normalize == "standard":
+                self.vectors[f.name].add(x[present])
         if has_labels:
             schema._labels(df)  # validation only
         self.rows += len(df)
@@ -221,8 +234,8 @@ class _StreamFit:
             _id_kind(flat, f"sequence column {f.column!r}")
             self.pending.setdefault(f.name, flat.iloc[:1])
 
-    def result(self) -> tuple[dict[str, _Vocab], dict[str, dict[str, float]]]:
-        """Vocabularies and dense statistics, as ``Schema.fit`` orders them."""
+    def result(self) -> tuple[dict[str, _Vocab], dict[str, Any], dict[str, VectorStats]]:
+        """Vocabularies, dense and vector statistics, as ``Schema.fit`` orders them."""
         schema = self.schema
         if not self.rows:
             raise SchemaError("the data holds no rows (no chunk, or only empty ones)")
@@ -232,7 +245,12 @@ class _StreamFit:
         owned = schema.sparse + [f for f in schema.sequences if f.vocab_from is None]
         vocabs = {f.name: self.ids[f.name].vocab(f) for f in owned}
         stats = {f.name: self.moments[f.name].stats(f) for f in schema.dense}
-        return vocabs, stats
+        vector_stats = {
+            f.name: self.vectors[f.name].vector_stats(f)
+            for f in schema.vectors
+            if f.normalize == "standard"
+        }
+        return vocabs, stats, vector_stats
 
 
 # ----------------------------------------------------------------------------- sources

@@ -151,11 +151,20 @@ def fit_vector_stats(df: pd.DataFrame, vectors: list[Vector]) -> dict[str, Vecto
         if f.normalize != "standard":
             continue
         seen = x[present]
-        mean = seen.mean(axis=0) if len(seen) else np.zeros(f.dim)
-        std = seen.std(axis=0) if len(seen) else np.ones(f.dim)
-        std = np.where(std > 1e-12, std, 1.0)
-        stats[f.name] = {"mean": mean.tolist(), "std": std.tolist()}
+        if len(seen):
+            stats[f.name] = vector_stats_from(f, seen.mean(axis=0), seen.std(axis=0))
+        else:
+            stats[f.name] = vector_stats_from(f, None, None)
     return stats
+
+
+def vector_stats_from(f: Vector, mean: np.ndarray | None, std: np.ndarray | None) -> VectorStats:
+    """Saved statistics from per-dimension ``mean`` / population ``std`` ``[dim]`` (``None``:
+    no row held a vector → zeros / ones); a std below 1e-12 becomes 1."""
+    if mean is None or std is None:
+        return {"mean": [0.0] * f.dim, "std": [1.0] * f.dim}
+    std = np.where(std > 1e-12, std, 1.0)
+    return {"mean": np.asarray(mean, dtype=np.float64).tolist(), "std": std.tolist()}
 
 
 def vector_tensors(df: pd.DataFrame, f: Vector, stats: VectorStats | None) -> dict[str, Any]:
