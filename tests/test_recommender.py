@@ -138,3 +138,21 @@ def test_missing_catalog_value_in_the_fusion_names_the_item(setup):
     others = [i for i in holes.item_id if i != bad_item]
     out = rec.recommend(users, [others] * len(users), k=5, fusion=fusion)
     assert bad_item not in set(out.item)
+
+
+def test_recommend_stream_equals_recommend_per_chunk(setup, tmp_path):
+    model, _, catalog, users = setup
+    rec = rm.Recommender(model, catalog)
+    whole = rec.recommend(users, k=4)
+    streamed = pd.concat(list(rec.recommend_stream(users, k=4, chunk_rows=2)), ignore_index=True)
+    pd.testing.assert_frame_equal(streamed, whole)
+    chunks = [users.iloc[:3], users.iloc[3:]]
+    assert pd.concat(list(rec.recommend_stream(chunks, k=4)), ignore_index=True).equals(whole)
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pandas(users, preserve_index=False), tmp_path / "u.parquet")
+    from_files = pd.concat(list(rec.recommend_stream(tmp_path, k=4, chunk_rows=2)))
+    pd.testing.assert_frame_equal(from_files.reset_index(drop=True), whole)
+    with pytest.raises(ValueError, match="per-user candidate lists"):
+        next(rec.recommend_stream(users, [[1, 2]] * len(users)))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -214,6 +215,35 @@ class Recommender:
                 chosen = reranker(scores, k, mask=mask, **extra)
         return self._to_frame(users, positions, chosen, scores, objectives)
 
+    def recommend_stream(
+        self,
+        users: Any,
+        candidates: Any = None,
+        k: int = 10,
+        chunk_rows: int = 1024,
+        **kwargs: Any,
+    ) -> Iterator[pd.DataFrame]:
+        """:meth:`recommend` for more users than fit in memory at once: yields one result
+        DataFrame per chunk of users, so only a chunk's ``[chunk, N]`` scores are held.
+
+        Args:
+            users: a DataFrame (cut into chunks of ``chunk_rows`` users), an iterable of user
+                DataFrames (e.g. ``pd.read_parquet`` per file, ``pd.read_csv(chunksize=...)``),
+                or a Parquet file / directory of user rows (read ``chunk_rows`` rows at a time).
+            candidates: ``None`` (the whole catalog) or one list shared by every user; per-user
+                lists belong with each chunk: call :meth:`recommend` per chunk instead.
+            k, chunk_rows, kwargs: as :meth:`recommend` (``fusion``, ``reranker``).
+        """
+        nested = (list, tuple, np.ndarray, pd.Series)
+        if isinstance(candidates, Sequence) and candidates and isinstance(candidates[0], nested):
+            raise ValueError(
+                "recommend_stream takes no per-user candidate lists (they would have to "
+                "follow the chunks); call recommend(chunk, lists) per chunk"
+            )
+        for chunk in _user_chunks(users, chunk_rows):
+            if len(chunk):
+                yield self.recommend(chunk, candidates, k=k, **kwargs)
+
     def _check_scores(
         self, scores: Tensor, mask: Tensor, positions: Tensor, objectives: dict[str, Tensor]
     ) -> None:
@@ -284,3 +314,26 @@ def _first_occurrences(pos: Tensor, mask: Tensor) -> Tensor:
     repeat = torch.zeros_like(mask)
     repeat[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
     return mask & ~torch.zeros_like(mask).scatter_(1, order, repeat)
+
+
+def _user_chunks(users: Any, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """DataFrames of at most ``chunk_rows`` users from a frame, an iterable of frames or
+    Parquet files."""
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    if isinstance(users, pd.DataFrame):
+        for start in range(0, len(users), chunk_rows):
+            yield users.iloc[start : start + chunk_rows]
+        return
+    if isinstance(users, (str, os.PathLike)):
+        import pyarrow.dataset as ds
+
+        for batch in ds.dataset(os.fspath(users), format="parquet").to_batches(
+            batch_size=chunk_rows
+        ):
+            yield batch.to_pandas()
+        return
+    for i, frame in enumerate(users):
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"user chunk {i} is a {type(frame).__name__}, not a DataFrame")
+        yield from _user_chunks(frame, chunk_rows)
