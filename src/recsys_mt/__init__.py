@@ -32,18 +32,7 @@ from .encoders import (  # noqa: E402
     TargetAttention,
     VectorEncoder,
 )
-from .losses import (  # noqa: E402
-    DWA,
-    MGDA,
-    Balancer,
-    CAGrad,
-    GradientBalancer,
-    GradNorm,
-    ParetoWeights,
-    PCGrad,
-    StaticWeights,
-    UncertaintyWeighting,
-)
+from .losses import Balancer, StaticWeights, UncertaintyWeighting  # noqa: E402
 from .model import CheckpointError, MultiTaskModel  # noqa: E402
 from .registry import register  # noqa: E402
 from .rerank import DPP, MMR, CallableFusion, CategoryCoverage, WeightedProduct, WeightedSum  # noqa: E402
@@ -80,13 +69,6 @@ __all__ = [
     "PAD_ID",
     "PLE",
     "Balancer",
-    "CAGrad",
-    "DWA",
-    "GradNorm",
-    "GradientBalancer",
-    "MGDA",
-    "PCGrad",
-    "ParetoWeights",
     "BatchLoader",
     "CheckpointError",
     "ConcatFusion",
