@@ -657,3 +657,18 @@ def test_callable_fusion_and_config_roundtrip():
     with pytest.raises(ValueError):
         WeightedSum(a=1.0)({"a": torch.rand(2), "b": torch.rand(3)})
     assert WeightedSum({"p(click)": 2.0})({"p(click)": torch.ones(2)}).tolist() == [2.0, 2.0]
+
+
+def test_rerankers_work_outside_inference_mode_after_a_call_inside_it():
+    from recsys_mt.rerank._vectors import release_workspace
+
+    release_workspace()
+    g = torch.Generator().manual_seed(0)
+    scores, vecs = torch.rand(3, 20, generator=g), torch.randn(3, 20, 8, generator=g)
+    with torch.inference_mode():
+        inside = MMR(0.5)(scores, 5, item_vectors=vecs)
+    outside = MMR(0.5)(scores, 5, item_vectors=vecs)
+    assert torch.equal(inside, outside)
+    assert torch.equal(
+        DPP()(scores, 5, item_vectors=vecs), DPP()(scores, 5, item_vectors=vecs)
+    )

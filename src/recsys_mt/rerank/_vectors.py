@@ -129,7 +129,10 @@ def _workspace(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     numel = math.prod(shape)
     buf = getattr(_LOCAL, "buffer", None)
     if buf is None or buf.dtype != dtype or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=dtype)
+        # a normal tensor even when first called under inference_mode: an inference tensor
+        # could not be written by a later call made outside it
+        with torch.inference_mode(False):
+            buf = torch.empty(numel, dtype=dtype)
         _LOCAL.buffer = buf
     return buf[:numel].view(shape)
 

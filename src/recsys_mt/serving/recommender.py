@@ -232,7 +232,9 @@ class Recommender:
                 or a Parquet file / directory of user rows (read ``chunk_rows`` rows at a time).
             candidates: ``None`` (the whole catalog) or one list shared by every user; per-user
                 lists belong with each chunk: call :meth:`recommend` per chunk instead.
-            k, chunk_rows, kwargs: as :meth:`recommend` (``fusion``, ``reranker``).
+            k: list length, as :meth:`recommend`.
+            chunk_rows: users per chunk.
+            **kwargs: further :meth:`recommend` arguments (``fusion``, ``reranker``).
         """
         nested = (list, tuple, np.ndarray, pd.Series)
         if isinstance(candidates, Sequence) and candidates and isinstance(candidates[0], nested):
