@@ -4,6 +4,8 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -81,3 +83,15 @@ def test_image_vectors_example():
     ids, image = results["ids"], results["ids + image"]
     assert ids["seen items"] > 0.6 and image["seen items"] > 0.6
     assert image["new items"] > ids["new items"] + 0.1  # only the vectors describe new items
+
+
+def test_pareto_fusion_example(tmp_path):
+    pytest.importorskip("optuna")
+    plot, out = tmp_path / "front.png", tmp_path / "fusion.json"
+    run = load("pareto_fusion").main(["--quick", "--plot", str(plot), "--out", str(out)])
+    result, choice = run["result"], run["choice"]
+    assert len(result.trials) == 30 and result.trials.front.any()
+    best_click = result.trials["ndcg@10:click"].max()
+    assert choice.objectives["ndcg@10:click"] >= 0.95 * best_click
+    assert run["agreement"] == 1.0  # Recommender with the loaded JSON ranks the same lists
+    assert plot.stat().st_size > 0 and out.stat().st_size > 0

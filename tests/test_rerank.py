@@ -669,6 +669,4 @@ def test_rerankers_work_outside_inference_mode_after_a_call_inside_it():
         inside = MMR(0.5)(scores, 5, item_vectors=vecs)
     outside = MMR(0.5)(scores, 5, item_vectors=vecs)
     assert torch.equal(inside, outside)
-    assert torch.equal(
-        DPP()(scores, 5, item_vectors=vecs), DPP()(scores, 5, item_vectors=vecs)
-    )
+    assert torch.equal(DPP()(scores, 5, item_vectors=vecs), DPP()(scores, 5, item_vectors=vecs))

@@ -35,7 +35,21 @@ from .encoders import (  # noqa: E402
 from .losses import Balancer, StaticWeights, UncertaintyWeighting  # noqa: E402
 from .model import CheckpointError, MultiTaskModel  # noqa: E402
 from .registry import register  # noqa: E402
-from .rerank import DPP, MMR, CallableFusion, CategoryCoverage, WeightedProduct, WeightedSum  # noqa: E402
+from .rerank import (  # noqa: E402
+    DPP,
+    MMR,
+    CallableFusion,
+    CategoryCoverage,
+    Objective,
+    ParetoChoice,
+    ParetoInputs,
+    ParetoResult,
+    WeightedProduct,
+    WeightedSum,
+    load_fusion,
+    pareto_inputs_from_frame,
+    pareto_search,
+)
 from .rerank import Fusion as ScoreFusion  # noqa: E402
 from .serving import Recommender  # noqa: E402
 from .tasks import AITM, PLE, Head, MMoE, SharedBottom, Task  # noqa: E402
@@ -96,6 +110,13 @@ __all__ = [
     "UncertaintyWeighting",
     "Vector",
     "VectorEncoder",
+    "Objective",
+    "ParetoChoice",
+    "ParetoInputs",
+    "ParetoResult",
+    "load_fusion",
+    "pareto_inputs_from_frame",
+    "pareto_search",
     "__version__",
     "register",
 ]

@@ -4,7 +4,9 @@ Fusion (:mod:`.fusion`) turns per-objective scores into one ranking score; the r
 (:class:`MMR`, :class:`CategoryCoverage`, :class:`DPP`) pick ``k`` candidates per user from
 ``scores [B, N]`` in one batched greedy pass and return candidate positions ``[B, min(k, N)]``
 (``-1`` = padding).  :mod:`.reference` holds plain per-user NumPy versions used by the tests and
-the benchmark.  See ``docs/reranking.md``.
+the benchmark.  :func:`pareto_search` (:mod:`.pareto`) searches fusion weights and a re-ranker's
+trade-off for the Pareto front of list-level objectives.  See ``docs/reranking.md`` and
+``docs/pareto.md``.
 """
 
 from .base import (
@@ -26,6 +28,11 @@ from .fusion import (
     WeightedSum,
 )
 from .mmr import MMR
+from .pareto import ParetoResult, pareto_search
+from .pareto_choice import ParetoChoice, load_fusion
+from .pareto_data import ParetoInputs, pareto_inputs_from_frame
+from .pareto_front import non_dominated
+from .pareto_objectives import Objective, ObjectiveContext
 
 __all__ = [
     "PAD",
@@ -45,4 +52,13 @@ __all__ = [
     "WeightedProduct",
     "CallableFusion",
     "DEFAULT_PRODUCT_EPS",
+    "pareto_search",
+    "ParetoResult",
+    "ParetoChoice",
+    "ParetoInputs",
+    "pareto_inputs_from_frame",
+    "load_fusion",
+    "non_dominated",
+    "Objective",
+    "ObjectiveContext",
 ]
