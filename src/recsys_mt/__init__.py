@@ -32,7 +32,18 @@ from .encoders import (  # noqa: E402
     TargetAttention,
     VectorEncoder,
 )
-from .losses import Balancer, StaticWeights, UncertaintyWeighting  # noqa: E402
+from .losses import (  # noqa: E402
+    DWA,
+    MGDA,
+    Balancer,
+    CAGrad,
+    GradientBalancer,
+    GradNorm,
+    ParetoWeights,
+    PCGrad,
+    StaticWeights,
+    UncertaintyWeighting,
+)
 from .model import CheckpointError, MultiTaskModel  # noqa: E402
 from .registry import register  # noqa: E402
 from .rerank import (  # noqa: E402
@@ -84,19 +95,26 @@ __all__ = [
     "PLE",
     "Balancer",
     "BatchLoader",
+    "CAGrad",
     "CheckpointError",
     "ConcatFusion",
     "Dense",
     "DenseEncoder",
+    "DWA",
     "Encoder",
     "FunnelStats",
     "Fusion",
+    "GradNorm",
+    "GradientBalancer",
     "Head",
     "IDEmbedding",
+    "MGDA",
     "MMoE",
     "MultiTaskModel",
     "OOVWarning",
+    "PCGrad",
     "ParquetSource",
+    "ParetoWeights",
     "Schema",
     "SchemaError",
     "Sequence",

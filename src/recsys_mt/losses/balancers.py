@@ -9,6 +9,10 @@ Protocol (subclass :class:`Balancer`)::
 
 Register with ``@rm.register("balancer", "name")`` to save models that use it. A balancer is an
 ``nn.Module``: learned weights are model parameters, trained by the same optimizer.
+
+Gradient-level balancers (:mod:`recsys_mt.losses.gradient_balancers`) set ``needs_grads`` to
+``"shared"`` or ``"representation"`` and implement ``weights_from(losses, grads [T, N]) ->
+weights [T]``; the model then back-propagates ``Σ_t weights_t · L_t`` with the weights detached.
 """
 
 from __future__ import annotations
@@ -22,13 +26,30 @@ from ..registry import register
 
 
 class Balancer(nn.Module):
-    """Base class: ``forward({task: loss}) -> total loss``."""
+    """Base class: ``forward({task: loss}) -> total loss``.
+
+    ``needs_grads``: ``None`` for a loss-level balancer (``forward`` combines the losses);
+    ``"shared"`` or ``"representation"`` for a gradient-level one, which implements
+    :meth:`weights_from` and gets the per-task gradients during training.
+    """
+
+    needs_grads: str | None = None
 
     def build(self, tasks: list) -> None:
         self.task_names = [t.name for t in tasks]
 
     def forward(self, losses: dict[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def weights_from(self, losses: dict[str, Tensor], grads: Tensor) -> Tensor:
+        """Gradient-level balancers: the weight ``[T]`` of each task's loss (tasks in
+        ``self.task_names`` order) from the losses and the per-task gradients ``grads [T, N]``
+        (float32, row ``t`` the flattened gradient of ``L_t`` w.r.t. what ``needs_grads``
+        names)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} sets needs_grads={self.needs_grads!r} but does not implement "
+            "weights_from(losses, grads) -> Tensor [T]"
+        )
 
     def weights(self) -> dict[str, float]:
         """Current effective weight of each task's loss (for logging)."""
@@ -107,3 +128,66 @@ class UncertaintyWeighting(Balancer):
 
     def to_config(self) -> dict[str, Any]:
         return {"init_log_var": self.init_log_var}
+
+
+@register("balancer", "dwa")
+class DWA(Balancer):
+    """Dynamic weight average (Liu, Johns & Davison, CVPR 2019).
+
+    ``w_t = T · softmax_t(r_t / temperature)`` with ``r_t = L̄_t(k−1) / L̄_t(k−2)``, the ratio of
+    task ``t``'s mean training loss over the last two completed periods: a task whose loss
+    falls slowly gets more weight. The paper averages over epochs; here a period is ``period``
+    training calls (micro-batches), so the weights adapt within long epochs and need no epoch
+    signal. All weights are 1 until two periods are complete. The running sums are buffers,
+    saved with the model.
+
+    Args:
+        temperature: softmax temperature ``> 0`` (larger: closer to equal weights).
+        period: training calls per averaging period (``>= 1``).
+    """
+
+    def __init__(self, temperature: float = 2.0, period: int = 100):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"DWA temperature must be > 0, got {temperature!r}")
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ValueError(f"DWA period must be an int >= 1, got {period!r}")
+        self.temperature = float(temperature)
+        self.period = period
+
+    def build(self, tasks: list) -> None:
+        super().build(tasks)
+        t = len(tasks)
+        self.register_buffer("running", torch.zeros(t, dtype=torch.float64))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        # previous period means: row 0 the latest, row 1 the one before; completed periods
+        self.register_buffer("previous", torch.zeros(2, t, dtype=torch.float64))
+        self.register_buffer("completed", torch.zeros((), dtype=torch.long))
+
+    def current(self) -> Tensor:
+        """Weights ``[T]`` from the last two completed periods (ones before)."""
+        if int(self.completed) < 2:
+            return torch.ones(len(self.task_names), device=self.running.device)
+        r = self.previous[0] / self.previous[1].clamp_min(1e-12)
+        return (len(self.task_names) * torch.softmax(r / self.temperature, 0)).float()
+
+    def forward(self, losses: dict[str, Tensor]) -> Tensor:
+        stacked = torch.stack([losses[n] for n in self.task_names])
+        w = self.current().to(stacked)
+        if self.training and torch.is_grad_enabled():
+            with torch.no_grad():
+                self.running += stacked.detach().double()
+                self.calls += 1
+                if int(self.calls) >= self.period:
+                    self.previous[1] = self.previous[0]
+                    self.previous[0] = self.running / self.calls
+                    self.completed += 1
+                    self.running.zero_()
+                    self.calls.zero_()
+        return (w * stacked).sum()
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.task_names, self.current().tolist()))
+
+    def to_config(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "period": self.period}

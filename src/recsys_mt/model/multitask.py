@@ -17,12 +17,13 @@ from ..losses import (
     SUPERVISIONS,
     Balancer,
     StaticWeights,
+    balance_gradients,
     chain_log_probs,
     funnel_counts,
     funnel_losses,
 )
 from ..registry import to_config as registered_config
-from ..tasks import MMoE
+from ..tasks import MMoE, SharedBottom
 from ..tasks.heads import Head
 from .calibration import METHODS as CALIBRATION_METHODS
 from .calibration import identity_calibration
@@ -244,21 +245,55 @@ class MultiTaskModel(InferenceMixin, nn.Module):
         for any balancer linear in the task losses (static weights; uncertainty weighting's
         ``s_t / 2`` term counted once per window). ``loss/<task>`` then holds ``L / s``, this
         batch's estimate of the window's task loss.
+
+        A gradient-level balancer (``needs_grads`` set) gets, in training, the per-task
+        gradients of ``L`` and returns weights ``c``; ``loss`` is then ``s · Σ_t c_t L_t`` with
+        ``c`` detached (plus the balancer's ``weights_loss`` if it has one), and
+        ``weight/<task>`` holds ``c``. Under a window the weights come from each micro-batch's
+        own gradients, an approximation of the window's.
         """
         if "labels" not in batch:
             raise ValueError("the batch has no labels: transform the training data with labels")
         fused, logits = self._forward(batch)
         per = self.losses(logits, batch["labels"], fused, window=window)
-        if window is None:
-            total = self.balancer(per)
-        else:
+        share = None
+        if window is not None:
             share = logits.shape[0] / window[0].clamp_min(1.0)
             if logits.shape[0]:  # an empty (padding) batch keeps its zero shares
                 per = {k: v / share for k, v in per.items()}
-            total = self.balancer(per) * share
+        weights = None
+        mode = getattr(self.balancer, "needs_grads", None)
+        if mode is not None and logits.shape[0] and self.training and torch.is_grad_enabled():
+            total, weights = balance_gradients(self.balancer, per, fused, self.shared_parameters)
+        else:
+            total = self.balancer(per)
+        if share is not None:
+            total = total * share
         out = {"loss": total}
         out.update({f"loss/{k}": v.detach() for k, v in per.items()})
+        if weights is not None:
+            out.update({f"weight/{k}": w for k, w in zip(self.balancer.task_names, weights)})
         return out
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trainable dense parameters every task depends on, for gradient-level balancers
+        (``needs_grads="shared"``): those of the encoders and the fusion, and of the head's
+        shared trunk (``head.shared_parameters()`` when the head defines it; the bottom MLP of
+        :class:`~recsys_mt.tasks.SharedBottom`, the experts of :class:`~recsys_mt.tasks.MMoE`;
+        none for other heads). Embedding tables (an encoder's ``tables``) are left out of the
+        gradient statistics: they are large and row-sparse. They still receive the combined
+        gradient."""
+        tables = {id(p) for enc in self.encoders for p in getattr(enc, "tables", ())}
+        mods: list[nn.Module] = [*self.encoders, self.fusion]
+        own = getattr(self.head, "shared_parameters", None)
+        if own is not None:
+            head = list(own())
+        else:
+            parts = {SharedBottom: ("bottom",), MMoE: ("first", "rest")}.get(type(self.head), ())
+            mods += [getattr(self.head, name) for name in parts]
+            head = []
+        params = [p for m in mods for p in m.parameters() if id(p) not in tables] + head
+        return [p for p in params if p.requires_grad]
 
     def param_groups(self, sparse: bool) -> list[dict[str, Any]]:
         """Trainer protocol: optimizer groups (embedding tables flagged sparse; the balancer's
