@@ -49,6 +49,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from balancers import BALANCERS  # noqa: E402
 from movielens_funnel import SPARSE, DataUnavailable, build_funnel, load_movielens  # noqa: E402
 from quality_peers import PEERS, peer_missing  # noqa: E402
 
@@ -150,9 +151,12 @@ def run_recsys(variant: str, data, seed: int, args):
     ``+aitm`` (the AITM head), ``+ips`` / ``+dr`` (ESCM² counterfactual CVR risk),
     ``+conditional`` (conditional supervision), e.g. ``full+aitm``; and, to measure what each
     default brings, ``+nodrop`` (``id_dropout=0``), ``+valloss`` (early stopping on
-    ``val/loss``), ``+nocal`` (``auto_calibrate=None``)."""
+    ``val/loss``), ``+nocal`` (``auto_calibrate=None``); ``+stats`` / ``+allstats`` add
+    ``FunnelStats`` of the movie / of every id column; ``+bal=<name>`` trains with a balancer of
+    ``benchmarks/balancers.py`` (``pcgrad``, ``mgda``, ``mgda_ub``, ``gradnorm``, ...)."""
     base, *options = variant.split("+")
     known = {"aitm", "ips", "dr", "conditional", "nodrop", "valloss", "nocal", "stats", "allstats"}
+    known |= {f"bal={name}" for name in BALANCERS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise SystemExit(f"unknown variant options {unknown} in {variant!r}")
@@ -171,12 +175,14 @@ def run_recsys(variant: str, data, seed: int, args):
         head = rm.AITM(tower_dims=(128, 64))
     cf = next((o for o in options if o in ("ips", "dr")), None)
     supervision = "conditional" if "conditional" in options else "entire_space"
+    balancer = next((BALANCERS[o[4:]]() for o in options if o.startswith("bal=")), None)
     model = rm.MultiTaskModel(
         schema,
         encoders=encoders,
         head=head,
         supervision=supervision,
         counterfactual=cf,
+        balancer=balancer,
         auto_calibrate=None if "nocal" in options else "platt",
     )
     trainer = rm.Trainer(
