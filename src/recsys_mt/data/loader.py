@@ -10,7 +10,25 @@ from torch import Tensor
 from .frame import TensorFrame
 
 
-class BatchLoader:
+class _Position:
+    """Rank shard, device and the epoch / first batch to iterate (shared by the loaders)."""
+
+    def _place(self, rank: int, world_size: int, device: torch.device | str | None) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate epoch ``epoch``'s order from batch ``start_batch`` on (a resumed epoch)."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+
+class BatchLoader(_Position):
     """Iterate over a :class:`TensorFrame` in batches of index slices.
 
     No per-row ``__getitem__`` and no collate: each batch is one ``index_select`` per column
@@ -44,8 +62,7 @@ class BatchLoader:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self._place(rank, world_size, device)
         if len(frame) == 0:
             raise ValueError("cannot batch an empty frame")
         self.frame = frame
@@ -53,16 +70,6 @@ class BatchLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self.device = device
-        self.epoch = 0
-        self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Iterate epoch ``epoch``'s order from batch ``start_batch`` on (a resumed epoch)."""
-        self.epoch = epoch
-        self.start_batch = start_batch
 
     def _rows_per_rank(self) -> int:
         return len(self.frame) // self.world_size if self.world_size > 1 else len(self.frame)
@@ -99,7 +106,7 @@ class BatchLoader:
             yield batch
 
 
-class SourceLoader:
+class SourceLoader(_Position):
     """A streaming source (such as :class:`~recsys_mt.data.ParquetSource`) seen as a
     :class:`BatchLoader`: ``set_epoch``, ``len`` (batches per rank, equal on every rank) and
     iteration over this rank's batches, moved to ``device``.
@@ -119,18 +126,8 @@ class SourceLoader:
         missing = [m for m in ("batches", "num_batches") if not callable(getattr(source, m, None))]
         if missing:
             raise TypeError(f"{type(source).__name__} is not a streaming source: no {missing}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self._place(rank, world_size, device)
         self.source = source
-        self.rank = rank
-        self.world_size = world_size
-        self.device = device
-        self.epoch = 0
-        self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch = epoch
-        self.start_batch = start_batch
 
     def __len__(self) -> int:
         return int(self.source.num_batches(rank=self.rank, world_size=self.world_size))
