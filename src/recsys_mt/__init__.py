@@ -62,7 +62,7 @@ from .rerank import (  # noqa: E402
     pareto_search,
 )
 from .rerank import Fusion as ScoreFusion  # noqa: E402
-from .serving import Recommender  # noqa: E402
+from .serving import Recommender, export_onnx  # noqa: E402
 from .tasks import AITM, PLE, Head, MMoE, SharedBottom, Task  # noqa: E402
 from .train import (  # noqa: E402
     Callback,  # noqa: E402
@@ -135,6 +135,7 @@ __all__ = [
     "load_fusion",
     "pareto_inputs_from_frame",
     "pareto_search",
+    "export_onnx",
     "__version__",
     "register",
 ]

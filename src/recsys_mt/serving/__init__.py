@@ -1,5 +1,7 @@
-"""Serving: the ``Recommender`` facade (score candidates → fuse → re-rank → top-k)."""
+"""Serving: the ``Recommender`` facade (score candidates → fuse → re-rank → top-k) and the
+ONNX export of a model's scoring graph."""
 
+from .export import export_onnx
 from .recommender import Recommender
 
-__all__ = ["Recommender"]
+__all__ = ["Recommender", "export_onnx"]
