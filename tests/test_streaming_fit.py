@@ -92,3 +92,27 @@ def test_a_model_that_prepares_frames_refuses_a_source():
 
     with pytest.raises(NotImplementedError, match="cannot train from a streaming source"):
         rm.Trainer(max_epochs=1, progress_bar=False).fit(Preparing(), FrameSource(frame, 8))
+
+
+@pytest.mark.parametrize(
+    "n, world, batch", [(31, 3, 4), (30, 4, 4), (9, 2, 4), (33, 4, 2), (64, 2, 32)]
+)
+def test_in_memory_ranks_see_every_row_once_with_equal_step_counts(n, world, batch):
+    frame, _ = make_frame(n)
+    frame["row"] = torch.arange(n)
+    lengths, rows = set(), []
+    for rank in range(world):
+        loader = BatchLoader(frame, batch, shuffle=True, seed=5, rank=rank, world_size=world)
+        loader.set_epoch(2)
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        lengths.add(len(batches))
+        rows += [r for b in batches for r in b["row"].tolist()]
+        empty = [b for b in batches if len(b["row"]) == 0]
+        assert all(b["dense"].shape == (0, 8) for b in empty)  # typed padding
+    assert len(lengths) == 1
+    assert sorted(rows) == list(range(n))  # every row exactly once across the ranks
+    per_rank = [-(-(n - r) // world) for r in range(world)]
+    (steps,) = lengths
+    padded = any(-(-k // batch) < steps for k in per_rank)
+    assert padded == ((n, world, batch) in {(9, 2, 4), (33, 4, 2)})

@@ -34,9 +34,11 @@ class BatchLoader(_Position):
     No per-row ``__getitem__`` and no collate: each batch is one ``index_select`` per column
     (a view when unshuffled). Shuffling uses a generator seeded with ``seed + epoch``, so epoch
     ``e`` has the same order in an uninterrupted and in a resumed run. With ``world_size > 1``
-    each rank takes every ``world_size``-th row of the (shuffled) order; all ranks get the same
-    number of batches (the remainder that cannot be split evenly is dropped for the epoch, and
-    a different remainder is dropped next epoch when shuffling).
+    each rank takes every ``world_size``-th row of the (shuffled) order, so every row is seen
+    exactly once per epoch across the ranks; all ranks get the same number of batches, a rank
+    whose share ends a batch early getting an empty (0-row) batch, as
+    :class:`~recsys_mt.data.ParquetSource` does (the trainer makes it a zero-gradient step).
+    With ``drop_last`` every rank takes ``len(frame) // world_size`` rows in full batches.
 
     Args:
         frame: the data.
@@ -71,11 +73,18 @@ class BatchLoader(_Position):
         self.seed = seed
         self.drop_last = drop_last
 
-    def _rows_per_rank(self) -> int:
-        return len(self.frame) // self.world_size if self.world_size > 1 else len(self.frame)
+    def _rows_per_rank(self, rank: int | None = None) -> int:
+        """Rows of ``rank`` (default: this rank) per epoch."""
+        n, w = len(self.frame), self.world_size
+        if w == 1:
+            return n
+        if self.drop_last:
+            return n // w
+        rank = self.rank if rank is None else rank
+        return (n - rank + w - 1) // w  # every w-th row from position ``rank``
 
     def __len__(self) -> int:
-        n = self._rows_per_rank()
+        n = self._rows_per_rank(0)  # rank 0 has the most rows
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self) -> Tensor | None:
@@ -95,8 +104,11 @@ class BatchLoader(_Position):
         order = self.order()
         n = self._rows_per_rank()
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
-        for start in range(self.start_batch * self.batch_size, stop, self.batch_size):
-            end = min(start + self.batch_size, n)
+        starts = list(range(self.start_batch * self.batch_size, stop, self.batch_size))
+        padding = len(self) - self.start_batch - len(starts)  # a shorter rank's empty batches
+        starts += [stop] * max(padding, 0)
+        for start in starts:
+            end = min(start + self.batch_size, stop)
             if order is None:
                 batch = self.frame.take(slice(start, end))
             else:
