@@ -8,16 +8,11 @@ must give exactly the big batch's gradient.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_trainer import needs_torchrun, run_two_ranks
 
 import recsys_mt as rm
 from recsys_mt.losses import funnel_counts, funnel_losses
@@ -182,25 +177,10 @@ def fit_kwargs(sparse: bool = False) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
-    reason="torchrun not found",
-)
+@needs_torchrun
 @pytest.mark.parametrize("sparse", [False, True])
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, sparse):
-    script = tmp_path / "ddp_fit.py"
-    src = Path(__file__).resolve().parents[1] / "src"
-    script.write_text(
-        _DDP_SCRIPT.format(
-            src=str(src), tests=str(Path(__file__).parent), out=str(tmp_path), sparse=sparse
-        )
-    )
-    torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun) if torchrun.exists() else "torchrun"]
-    cmd += ["--standalone", "--nproc_per_node=2", str(script)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_two_ranks(tmp_path, _DDP_SCRIPT, sparse=sparse)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
     one, frame = build(rm.UncertaintyWeighting(), "conditional")

@@ -604,24 +604,35 @@ distributed.cleanup()
 """
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
+needs_torchrun = pytest.mark.skipif(
     shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
     reason="torchrun not found",
 )
-def test_torchrun_two_ranks_end_identical(tmp_path):
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(
-        textwrap.dedent(
-            _DDP_SCRIPT.format(src=str(SRC), tests=str(Path(__file__).parent), out=str(tmp_path))
-        )
+
+
+def run_two_ranks(
+    tmp_path: Path, script: str, timeout: int = 240, **fields: object
+) -> subprocess.CompletedProcess:
+    """Write ``script`` (formatted with ``src``, ``tests``, ``out`` = ``tmp_path`` and
+    ``fields``) and run it under ``torchrun --standalone --nproc_per_node=2``; asserts success."""
+    path = tmp_path / "ddp_fit.py"
+    tests = str(Path(__file__).parent)
+    path.write_text(
+        textwrap.dedent(script.format(src=str(SRC), tests=tests, out=str(tmp_path), **fields))
     )
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun) if torchrun.exists() else "torchrun"]
-    cmd += ["--standalone", "--nproc_per_node=2", str(script)]
+    cmd += ["--standalone", "--nproc_per_node=2", str(path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.slow
+@needs_torchrun
+def test_torchrun_two_ranks_end_identical(tmp_path):
+    proc = run_two_ranks(tmp_path, _DDP_SCRIPT, timeout=180)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert_same(r0["state"], r1["state"])
