@@ -14,6 +14,7 @@ Nothing here is needed in a single process; every helper degrades to the single-
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from typing import Any
 
@@ -110,8 +111,15 @@ def init_process_group(device: torch.device, timeout_s: float = 1800.0) -> bool:
 
 
 def cleanup() -> None:
-    """Destroy the default process group, if any (call once at the end of a script)."""
+    """Destroy the default process group, if any (call once at the end of a script).
+
+    Waits for every process first and releases dropped DDP wrappers (their reducers hold
+    communication state), so no process tears the group down while another still uses it.
+    """
     if is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 
