@@ -86,24 +86,30 @@ def item_id_type(catalog: pd.DataFrame, item_key: str) -> str:
     raise TypeError(f"catalog column {item_key!r} must hold int or str ids, not {values.dtype}")
 
 
-def _annotation(field: UserField) -> Any:
-    from pydantic import Field, StrictFloat, StrictInt, StrictStr
+def _int_or_str(value: Any) -> int | str:
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError("Input should be an integer or a string id")
 
-    ident = {"int": StrictInt, "str": StrictStr, "any": StrictInt | StrictStr}
+
+def _annotation(field: UserField) -> Any:
+    from typing import Annotated
+
+    from pydantic import Field, PlainValidator, StrictFloat, StrictInt, StrictStr
+
+    # a strict float accepts JSON integers too; one validator keeps "any" ids to one message
+    any_id = Annotated[Any, PlainValidator(_int_or_str)]
+    ident = {"int": StrictInt, "str": StrictStr, "any": any_id}
     if field.kind == "id":
         typ = ident[field.id_type or "any"]
     elif field.kind == "number":
-        typ = StrictFloat | StrictInt
+        typ = StrictFloat
     elif field.kind == "ids":
         typ = list[ident[field.id_type or "any"]]
     elif field.kind == "text":
         typ = StrictStr
     else:  # vector
-        from typing import Annotated
-
-        typ = Annotated[
-            list[StrictFloat | StrictInt], Field(min_length=field.dim, max_length=field.dim)
-        ]
+        typ = Annotated[list[StrictFloat], Field(min_length=field.dim, max_length=field.dim)]
     return (typ | None, None) if field.nullable else (typ, ...)
 
 
