@@ -95,3 +95,22 @@ def test_pareto_fusion_example(tmp_path):
     assert choice.objectives["ndcg@10:click"] >= 0.95 * best_click
     assert run["agreement"] == 1.0  # Recommender with the loaded JSON ranks the same lists
     assert plot.stat().st_size > 0 and out.stat().st_size > 0
+
+
+def test_serve_example():
+    pytest.importorskip("fastapi")
+    run = load("serve").main(["--impressions", "4000"])
+    assert run["health"]["status"] == "ok" and run["health"]["catalog_items"] == 200
+    results = run["answer"]["results"]
+    assert len(results) == 2
+    for res in results:
+        scores = [it["score"] for it in res["items"]]
+        assert [it["rank"] for it in res["items"]] == [1, 2, 3, 4, 5]
+        assert scores == sorted(scores, reverse=True)
+        for it in res["items"]:  # the default fusion is the joint probability ctr * cvr
+            p = it["probabilities"]
+            assert abs(it["score"] - p["ctcvr"]) < 1e-6
+            assert abs(p["ctcvr"] - p["ctr"] * p["cvr"]) < 1e-5
+    status, body = run["error"]
+    assert status == 422
+    assert "users[0].features.age" in body["error"] and "k:" in body["error"]
