@@ -9,7 +9,7 @@ FastAPI is imported only when an app is built.
 from its annotation, a local of :func:`create_app`.)
 """
 
-import concurrent.futures
+import asyncio
 import hmac
 import os
 from contextlib import asynccontextmanager
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .service_batcher import Batcher
-from .service_schema import item_id_type, request_models, users_frame
+from .service_schema import item_id_type, request_models
 from .service_state import ModelSlot, SwapError
 
 __all__ = ["create_app"]
@@ -166,7 +166,8 @@ def create_app(
         }
 
     @app.post("/recommend")
-    def recommend(body: request_model):  # type: ignore[valid-type]
+    async def recommend(body: request_model):  # type: ignore[valid-type]
+        # light checks here on the event loop; scoring runs on the batcher's threads
         served = slot.current  # this request finishes on this model, whatever swaps happen
         k = body.k or default_k
         candidates = [u.candidates for u in body.users]
@@ -177,16 +178,15 @@ def create_app(
                 msg = f"users[{i}].candidates: item id(s) {bad} are not in the catalog"
                 return JSONResponse({"error": msg}, status_code=422)
         rows = [u.features.model_dump() for u in body.users]
-        users = users_frame(fields, rows)
-        future = batcher.submit(served, users, candidates, k)
+        future = batcher.submit(served, rows, candidates, k)  # one frame per batch
         try:
-            out = future.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
+            out = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+        except asyncio.TimeoutError:
             return JSONResponse({"error": f"no answer within {timeout_s} s"}, status_code=503)
         except (ValueError, KeyError, TypeError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             return JSONResponse({"error": f"the request cannot be scored: {msg}"}, 400)
-        return _answer(out, rows, served)
+        return JSONResponse(_answer(out, rows, served))
 
     if admin_token is not None:
         expected = f"Bearer {admin_token}".encode()

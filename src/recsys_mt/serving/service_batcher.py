@@ -22,13 +22,13 @@ import pandas as pd
 
 __all__ = ["Batcher"]
 
-RunFn = Callable[[Any, pd.DataFrame, list, int], pd.DataFrame]
+RunFn = Callable[[Any, Any, list, int], pd.DataFrame]
 
 
 @dataclass
 class _Job:
     served: Any
-    users: pd.DataFrame
+    users: Any
     candidates: list
     k: int
     future: Future = field(default_factory=Future)
@@ -38,8 +38,10 @@ class Batcher:
     """Worker threads answering queued requests in batches.
 
     Args:
-        run: ``run(served, users [B rows], candidates (B lists), k) -> DataFrame`` in the
-            :meth:`Recommender.recommend` format (rows grouped by user, ``rank`` from 1).
+        run: ``run(served, users, candidates, k) -> DataFrame`` in the
+            :meth:`Recommender.recommend` format (rows grouped by user, ``rank`` from 1);
+            ``users`` is ``B`` user rows (the submitted DataFrames concatenated, or the
+            submitted lists of row dicts joined), ``candidates`` ``B`` lists.
         max_batch_users: most users scored in one call (a larger single request still runs
             whole).
         workers: worker threads (each runs one scoring call at a time).
@@ -51,7 +53,7 @@ class Batcher:
         run: RunFn,
         max_batch_users: int = 64,
         workers: int = 1,
-        on_success: Callable[[pd.DataFrame, list], None] | None = None,
+        on_success: Callable[[Any, list], None] | None = None,
     ):
         for name, value in (("max_batch_users", max_batch_users), ("workers", workers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -64,8 +66,9 @@ class Batcher:
         self._threads: list[threading.Thread] = []
         self._start_lock = threading.Lock()
 
-    def submit(self, served: Any, users: pd.DataFrame, candidates: list, k: int) -> Future:
-        """Queue one request; the future resolves to its rows of the answer."""
+    def submit(self, served: Any, users: Any, candidates: list, k: int) -> Future:
+        """Queue one request (``users``: a DataFrame or a list of row dicts, one per
+        candidate list); the future resolves to its rows of the answer."""
         self._ensure_started()
         job = _Job(served, users, candidates, k)
         self._queue.put(job)
@@ -111,6 +114,8 @@ class Batcher:
                 n += len(more.users)
             groups: dict[tuple[int, int], list[_Job]] = {}
             for j in batch:
+                if not j.future.set_running_or_notify_cancel():
+                    continue  # the caller gave up waiting before scoring started
                 groups.setdefault((id(j.served), j.k), []).append(j)
             for jobs in groups.values():
                 self._answer(jobs)
@@ -118,7 +123,10 @@ class Batcher:
                 return
 
     def _answer(self, jobs: list[_Job]) -> None:
-        users = pd.concat([j.users for j in jobs], ignore_index=True)
+        if isinstance(jobs[0].users, pd.DataFrame):
+            users: Any = pd.concat([j.users for j in jobs], ignore_index=True)
+        else:  # lists of user rows: one frame per batch is built by ``run``
+            users = [row for j in jobs for row in j.users]
         candidates = [c for j in jobs for c in j.candidates]
         try:
             out = self._run(jobs[0].served, users, candidates, jobs[0].k)

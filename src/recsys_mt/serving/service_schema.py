@@ -157,6 +157,10 @@ def users_frame(fields: tuple[UserField, ...], rows: list[dict[str, Any]]) -> pd
             data[f.name] = np.array([np.nan if v is None else v for v in values], np.float64)
         elif f.kind == "id" and all(isinstance(v, int) for v in values):
             data[f.name] = np.array(values, dtype=np.int64)
+        elif f.kind == "ids":  # arrays: Schema.transform takes them without a list scan
+            data[f.name] = pd.Series(
+                [None if v is None else np.asarray(v) for v in values], dtype=object
+            )
         elif f.kind == "vector":
             data[f.name] = pd.Series(
                 [None if v is None else np.asarray(v, np.float64) for v in values], dtype=object

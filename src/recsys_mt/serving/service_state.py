@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..model import MultiTaskModel
 from .recommender import Recommender
-from .service_schema import user_fields
+from .service_schema import user_fields, users_frame
 
 __all__ = ["ModelSlot", "ServedModel", "SwapError"]
 
@@ -90,7 +90,7 @@ class ModelSlot:
         self.reranker = reranker
         self.batch_size = batch_size
         self._lock = threading.Lock()
-        self._probe: tuple[pd.DataFrame, list] | None = None
+        self._probe: tuple[Any, list] | None = None
         first = self._load(source, version=1)
         self.fields = user_fields(first.recommender.schema, catalog.columns)
         self._current = first
@@ -101,16 +101,20 @@ class ModelSlot:
         return self._current
 
     def recommend(
-        self, served: ServedModel, users: pd.DataFrame, candidates: list, k: int
+        self, served: ServedModel, users: pd.DataFrame | list[dict], candidates: list, k: int
     ) -> pd.DataFrame:
-        """``served.recommender.recommend`` with the service's fusion and re-ranker."""
+        """``served.recommender.recommend`` with the service's fusion and re-ranker;
+        ``users`` is a DataFrame or a list of validated request rows (dicts)."""
+        if not isinstance(users, pd.DataFrame):
+            users = users_frame(self.fields, users)
         return served.recommender.recommend(
             users, candidates, k=k, fusion=self.fusion, reranker=self.reranker
         )
 
-    def remember_probe(self, users: pd.DataFrame, candidates: list) -> None:
+    def remember_probe(self, users: pd.DataFrame | list[dict], candidates: list) -> None:
         """Keep one answered request; a new model must answer it before it is swapped in."""
-        self._probe = (users.head(1).reset_index(drop=True), list(candidates[:1]))
+        first = users.head(1) if isinstance(users, pd.DataFrame) else users[:1]
+        self._probe = (first, list(candidates[:1]))
 
     def swap(self, source: str | os.PathLike | Any) -> ServedModel:
         """Load ``source``, check it, then make it the current model.
