@@ -103,12 +103,12 @@ def create_app(
         ("default_k", default_k),
         ("max_candidates", max_candidates),
         ("max_users", max_users),
+        ("max_batch_users", max_batch_users),
+        ("workers", workers),
     ):
         _positive_int(name, value)
     if torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(_positive_int("torch_threads", torch_threads))
+        _positive_int("torch_threads", torch_threads)
     if not isinstance(catalog, pd.DataFrame) or len(catalog) == 0:
         raise ValueError("catalog must be a non-empty DataFrame (one row per item)")
     if item_key not in catalog.columns:
@@ -125,6 +125,10 @@ def create_app(
         workers=workers,
         on_success=slot.remember_probe,
     )
+    if torch_threads is not None:  # process-wide: only once every argument checked out
+        import torch
+
+        torch.set_num_threads(torch_threads)
     fields = slot.fields
     _, request_model = request_models(fields, id_type, max_users, max_candidates)
     known = pd.Index(catalog[item_key])
