@@ -17,7 +17,10 @@ second model. The server is stopped at the end; one JSON line is printed::
      "swap": {"ms": …, "requests": …, "errors": …, "p99_ms": …}, "answers_by_version": {…}}
 
 ``errors`` counts non-200 answers and failed connections; ``swap`` covers the requests that
-were in flight at any moment of the reload. ``--quick`` (2,000 requests) takes about a minute.
+were in flight at any moment of the reload; ``server_cpu_ms_per_request`` is the server
+process's CPU time over the measured requests (Linux) and ``users_per_scoring_call`` the mean
+size of the batches concurrent requests were scored in. ``--quick`` (2,000 requests) takes
+about a minute on an idle 2-core machine.
 Latency depends on the machine and its load; compare runs on one otherwise idle machine.
 """
 
@@ -239,9 +242,13 @@ def main(argv=None) -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             for body in payloads[n:]:  # warm-up, not measured
                 call(conn, "POST", "/recommend", body)
+            before = json.loads(call(conn, "GET", "/health")[1])["scoring"]
             cpu0 = cpu_seconds(proc.pid)
             line = load(port, payloads[:n], args.concurrency, os.path.join(root, "v2"))
             cpu1 = cpu_seconds(proc.pid)
+            after = json.loads(call(conn, "GET", "/health")[1])["scoring"]
+            calls = after["calls"] - before["calls"]
+            line["users_per_scoring_call"] = round((after["users"] - before["users"]) / calls, 2)
             if cpu0 is not None and cpu1 is not None:  # includes the reload
                 line["server_cpu_ms_per_request"] = round((cpu1 - cpu0) / n * 1e3, 2)
         finally:

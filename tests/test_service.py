@@ -124,6 +124,8 @@ def test_health_and_recommend_equal_recommender(world):
             assert [res["user"] for res in answer["results"]] == users.user_id.tolist()
             want = _expected(root / "v1", catalog, users, [list(c) for c in cands], k or 4)
             _check_equal(_as_frame(answer), want)
+        scoring = client.get("/health").json()["scoring"]
+        assert scoring["users"] == 4 * len(users) and scoring["calls"] == 4  # one call each
     assert users.age.isna().any()  # a null age was sent and filled as the model fills NaN
 
 

@@ -162,6 +162,7 @@ def create_app(
             "model": slot.current.describe(),
             "catalog_items": len(catalog),
             "request_fields": [f.name for f in fields],
+            "scoring": {**batcher.stats, "workers": workers},
             "limits": {
                 "max_users": max_users,
                 "max_candidates": max_candidates,

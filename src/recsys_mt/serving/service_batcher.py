@@ -65,6 +65,15 @@ class Batcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._start_lock = threading.Lock()
+        self._calls = self._users = 0
+        self._stats_lock = threading.Lock()
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """``{"calls", "users", "users_per_call"}``: scoring calls answered so far."""
+        with self._stats_lock:
+            calls, users = self._calls, self._users
+        return {"calls": calls, "users": users, "users_per_call": users / calls if calls else 0.0}
 
     def submit(self, served: Any, users: Any, candidates: list, k: int) -> Future:
         """Queue one request (``users``: a DataFrame or a list of row dicts, one per
@@ -143,6 +152,9 @@ class Batcher:
             for j in jobs:  # a user without any row: split by answering one request at a time
                 self._answer([j])
             return
+        with self._stats_lock:
+            self._calls += 1
+            self._users += len(users)
         if self._on_success is not None:
             self._on_success(users, candidates)
         start = 0
