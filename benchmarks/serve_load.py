@@ -117,6 +117,12 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def scoring_stats(port: int) -> dict:
+    """The server's ``/health`` scoring counters (a new connection: idle ones get closed)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    return json.loads(call(conn, "GET", "/health")[1])["scoring"]
+
+
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -242,11 +248,11 @@ def main(argv=None) -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             for body in payloads[n:]:  # warm-up, not measured
                 call(conn, "POST", "/recommend", body)
-            before = json.loads(call(conn, "GET", "/health")[1])["scoring"]
+            before = scoring_stats(port)
             cpu0 = cpu_seconds(proc.pid)
             line = load(port, payloads[:n], args.concurrency, os.path.join(root, "v2"))
             cpu1 = cpu_seconds(proc.pid)
-            after = json.loads(call(conn, "GET", "/health")[1])["scoring"]
+            after = scoring_stats(port)
             calls = after["calls"] - before["calls"]
             line["users_per_scoring_call"] = round((after["users"] - before["users"]) / calls, 2)
             if cpu0 is not None and cpu1 is not None:  # includes the reload

@@ -385,3 +385,23 @@ def test_recommender_concurrent_calls_with_different_inputs(world):
         th.join()
     for g, w in zip(got, want):
         pd.testing.assert_frame_equal(g, w)
+
+
+def test_scoring_failure_is_a_400_and_a_slow_answer_a_503(world):
+    root, catalog, users = world
+    body = _body(users.head(1), _candidates(catalog, 1, seed=7), 3)
+    nan_app = create_app(root / "v1", catalog, fusion=lambda obj: obj["ctr"] * float("nan"))
+    with TestClient(nan_app) as client:
+        r = client.post("/recommend", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("the request cannot be scored: the fused score of item")
+
+    def slow(obj):
+        threading.Event().wait(1.0)
+        return obj["ctr"]
+
+    slow_app = create_app(root / "v1", catalog, fusion=slow, timeout_s=0.2)
+    with TestClient(slow_app) as client:
+        r = client.post("/recommend", json=body)
+        assert r.status_code == 503 and "no answer within 0.2 s" in r.json()["error"]
+        assert client.get("/health").json()["status"] == "ok"  # the loop was never blocked

@@ -171,6 +171,7 @@ class ModelSlot:
                     f"a model source is a directory or a MultiTaskModel, not "
                     f"{type(source).__name__}"
                 )
+            _check_catalog(model.schema, self.item_key)
             rec = Recommender(
                 model,
                 self.catalog,
@@ -178,7 +179,6 @@ class ModelSlot:
                 category=self.category,
                 batch_size=self.batch_size,
             )
-            _check_catalog(model.schema, self.item_key)
         except Exception as e:  # any failure must leave the old model serving
             raise SwapError(f"cannot serve model {directory or 'object'}: {e}") from e
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
