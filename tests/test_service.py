@@ -249,6 +249,7 @@ def test_hot_swap_under_concurrent_requests(world):
         ]
         for v in ("v1", "v2")
     }
+    assert not np.allclose(want["v1"][0].score, want["v2"][0].score)  # models tell apart
     answers: list[list] = [[] for _ in bodies]
     before_swap = threading.Barrier(len(bodies) + 1)
     swapped = threading.Event()
