@@ -42,7 +42,6 @@ __all__ = ["BASELINES", "TARGETS", "explain"]
 
 TARGETS = ("logit", "probability")
 """What is attributed: the task's log-odds (its raw value for regression), or its probability."""
-_OUTPUT_COLUMNS = ("baseline_{}", "{}", "delta")
 
 
 def _captum_ig() -> type:
