@@ -106,6 +106,7 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
+@pytest.mark.filterwarnings("ignore::recsys_mt.OOVWarning")
 def test_a_row_equal_to_the_baseline_gets_zero_attributions(trained):
     model, schema, df = trained
     stats = schema.dense_stats_["price"]
@@ -121,6 +122,18 @@ def test_a_row_equal_to_the_baseline_gets_zero_attributions(trained):
     assert (out[FEATURES + ENCODERS].abs().to_numpy() < 1e-6).all()
     np.testing.assert_allclose(out["logit"], out["baseline_logit"], atol=1e-5)
     np.testing.assert_allclose(out["delta"], 0.0, atol=1e-5)
+    # the padding baseline: missing ids and empty histories (its zero vectors pool exactly
+    # like an empty history, so the model's own logit for such a row is the baseline logit)
+    missing = row.copy()
+    for col in ("user_id", "item_id", "category"):
+        missing[col] = pd.array([None, None], dtype="Int64")
+    missing["hist_items"] = [[], []]
+    pad = model.explain(missing, task="ctr", baseline="padding")
+    assert (pad[FEATURES + ENCODERS].abs().to_numpy() < 1e-6).all()
+    np.testing.assert_allclose(pad["logit"], pad["baseline_logit"], atol=1e-5)
+    assert (
+        abs(pad["baseline_logit"].iloc[0] - model.explain(row, task="ctr")["logit"].iloc[0]) > 1e-4
+    )
     changed = row.copy()
     changed["price"] = np.expm1(stats["mean"] + 2 * stats["std"])
     moved = model.explain(changed, task="cvr")
