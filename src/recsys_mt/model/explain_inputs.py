@@ -43,6 +43,22 @@ class InputPart:
     owners: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Request:
+    """Ids ``[B, w]`` one IDEmbedding table is read with, their baseline ids, the feature of
+    each column, which columns keep their own row as baseline (padding in a history), and
+    whether they are history entries."""
+
+    ids: Tensor
+    base: Tensor
+    owners: list[str]
+    keep: Tensor | None = None
+    history: bool = False
+
+    def kept(self) -> Tensor:
+        return self.keep if self.keep is not None else torch.zeros_like(self.ids, dtype=torch.bool)
+
+
 def _text_tower_class() -> type | None:
     try:
         from ..encoders.text import BertTextTower
@@ -161,52 +177,47 @@ class InputPlan:
         captured = self._captured.pop(i)
         sparse = batch.get("sparse")
         base_id = OOV_ID if self.baseline == "oov" else PAD_ID
-        # per table: (ids, baseline ids, keep-mask, owners, is a history) per request
-        pieces: dict[int, list[tuple[Tensor, Tensor, Tensor, list[str], bool]]] = {}
+        requests: dict[int, list[_Request]] = {}  # per table, in IDEmbedding.forward's order
         for d in enc.group_dims:  # sparse fields
             cols, offs = getattr(enc, f"cols_{d}"), getattr(enc, f"offsets_{d}")
             ids = sparse.index_select(1, cols) + offs
-            keep = torch.zeros_like(ids, dtype=torch.bool)
-            pieces.setdefault(d, []).append(
-                (
-                    ids,
-                    torch.full_like(ids, base_id) + offs,
-                    keep,
-                    [sparse_names[c] for c in cols],
-                    False,
-                )
+            owners = [sparse_names[c] for c in cols]
+            requests.setdefault(d, []).append(
+                _Request(ids, torch.full_like(ids, base_id) + offs, owners)
             )
         for n, dim, off, *_ in enc._seq:  # history entries; padding positions stay as they are
             seq = batch[f"seq/{n}"]
             keep = seq == PAD_ID
             base = torch.where(keep, seq, torch.full_like(seq, OOV_ID)) + off
-            pieces.setdefault(dim, []).append((seq + off, base, keep, [n] * seq.shape[1], True))
+            req = _Request(seq + off, base, [n] * seq.shape[1], keep=keep, history=True)
+            requests.setdefault(dim, []).append(req)
         for _n, dim, _off, tcol, toff, modes in enc._seq:  # attention targets: the candidate
             if "attention" in modes:
                 ids = sparse[:, tcol : tcol + 1] + toff
-                keep = torch.zeros_like(ids, dtype=torch.bool)
-                base = torch.full_like(ids, base_id) + toff
-                pieces.setdefault(dim, []).append((ids, base, keep, [sparse_names[tcol]], False))
+                req = _Request(ids, torch.full_like(ids, base_id) + toff, [sparse_names[tcol]])
+                requests.setdefault(dim, []).append(req)
         out = []
         for d in enc.dims:
-            if d not in pieces:
+            reqs = requests.get(d)
+            if not reqs:
                 continue
-            ids, base, keep = (torch.cat(p, dim=1) for p in list(zip(*pieces[d]))[:3])
+            ids = torch.cat([r.ids for r in reqs], dim=1)
             if not torch.equal(ids, captured[d]):
                 raise RuntimeError(
                     f"explain: IDEmbedding read table {d} with ids other than planned; the "
                     "encoder's lookup layout is not the one explain knows"
                 )
             table = enc._table(d).detach()
-            x = F.embedding(ids, table)
-            b = F.embedding(base, table)
+            x = F.embedding(ids, table)  # [B, W, d]
+            b = F.embedding(torch.cat([r.base for r in reqs], dim=1), table)
             if self.baseline == "padding":  # zero vectors: exactly an empty history's pooling
                 history = torch.cat(
-                    [torch.full_like(p[0], p[4], dtype=torch.bool) for p in pieces[d]], dim=1
+                    [torch.full_like(r.ids, r.history, dtype=torch.bool) for r in reqs], 1
                 )
                 b = b.masked_fill(history.unsqueeze(-1), 0.0)
+            keep = torch.cat([r.kept() for r in reqs], dim=1)
             b = torch.where(keep.unsqueeze(-1), x, b)
-            owners = [o for p in pieces[d] for o in p[3]]
+            owners = [o for r in reqs for o in r.owners]
             out.append(InputPart(f"emb/{d}", i, x, b, owners))
         return out
 
