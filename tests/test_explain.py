@@ -78,6 +78,7 @@ def test_attributions_add_up_to_logit_minus_baseline(trained, task):
         np.testing.assert_allclose(out["logit"], want, atol=1e-5)
     gap = (out["logit"] - out["baseline_logit"]).abs()
     assert gap.max() > 0.1  # something to explain
+    assert (out[FEATURES].abs().max() > 1e-5).all()  # every feature moves some row
     total = out[FEATURES].sum(axis=1)
     np.testing.assert_allclose(total, out["logit"] - out["baseline_logit"] + out["delta"])
     ratio = out["delta"].abs() / completeness_tolerance(out)
