@@ -281,3 +281,13 @@ def test_text_tower_attributions_add_up(tmp_path, monkeypatch):
     no_text = model.prepare(schema.transform(rows))["text_row/title"] == 0
     assert no_text.any()
     assert (out.loc[no_text.numpy(), "title"].abs() < 1e-7).all()
+
+
+def test_a_feature_named_like_an_output_column_is_refused():
+    df = pd.DataFrame(
+        {"user_id": [1, 2, 3, 1], "delta": [0.1, 0.2, 0.3, 0.4], "click": [0, 1, 0, 1]}
+    )
+    schema = rm.Schema([rm.Sparse("user_id"), rm.Dense("delta")], tasks=[rm.Task("ctr", "click")])
+    model = rm.MultiTaskModel(schema.fit(df))
+    with pytest.raises(ValueError, match="feature name 'delta' clashes"):
+        model.explain(df)

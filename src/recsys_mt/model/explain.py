@@ -163,6 +163,12 @@ def explain(
     _check_int("n_steps", n_steps, 2)
     _check_int("batch_size", batch_size, 1)
     check_encoders(model)
+    out_name = "logit" if target == "logit" else "probability"
+    outputs = (f"baseline_{out_name}", out_name, "delta")
+    names = [f.name for f in model.schema.features] + list(model.schema.dense_columns)
+    clash = [n for n in names if n in outputs]
+    if clash:
+        raise ValueError(f"explain: feature name {clash[0]!r} clashes with an output column")
     index = data.index if isinstance(data, pd.DataFrame) else None
     if isinstance(data, pd.DataFrame) and len(data) == 0:
         raise ValueError("explain: the DataFrame has 0 rows: nothing to explain")
@@ -180,18 +186,14 @@ def explain(
     finally:
         for m, was in modes.items():
             m.training = was
-    out_name = "logit" if target == "logit" else "probability"
-    feats = feature_order(model, [c for c in columns if not c.startswith(("encoder/", "_"))])
-    clash = [c for c in feats if c in (f"baseline_{out_name}", out_name, "delta")]
-    if clash:
-        raise ValueError(f"explain: feature name {clash[0]!r} clashes with an output column")
+    feats = feature_order(model, [c for c in columns if "/" not in c])  # names have no "/"
     table = {name: columns[name] for name in feats}
     if encoders:
         table.update({c: v for c, v in columns.items() if c.startswith("encoder/")})
-    table[f"baseline_{out_name}"] = columns["_baseline"]
-    table[out_name] = columns["_output"]
+    table[f"baseline_{out_name}"] = columns["out/baseline"]
+    table[out_name] = columns["out/output"]
     total = np.sum([columns[n] for n in feats], axis=0)
-    table["delta"] = total - (columns["_output"] - columns["_baseline"])
+    table["delta"] = total - (columns["out/output"] - columns["out/baseline"])
     return pd.DataFrame(table, index=index)
 
 
@@ -205,7 +207,7 @@ def _run(
     progress_bar: bool | None,
     integrated_gradients: type,
 ) -> dict[str, np.ndarray]:
-    """``{feature: [N], "encoder/<Class>": [N], "_baseline": [N], "_output": [N]}``."""
+    """``{feature: [N], "encoder/<Class>": [N], "out/baseline": [N], "out/output": [N]}``."""
     from tqdm import tqdm
 
     plan = InputPlan(model, baseline, fn)
@@ -239,10 +241,10 @@ def _run(
                     per_encoder[part.encoder] = per_encoder[part.encoder] + value
             with torch.no_grad():
                 base_out = plan.forward(parts, *(p.base for p in parts), *extra)
-            sums["_baseline"] = base_out.double()
-            sums["_output"] = _plain_outputs(model, batch, fn).double()
+            sums["out/baseline"] = base_out.double()
+            sums["out/output"] = _plain_outputs(model, batch, fn).double()
             sums.update(dict(zip(enc_names, per_encoder)))
-            for name in owners_in_order(parts) + ["_baseline", "_output", *enc_names]:
+            for name in owners_in_order(parts) + ["out/baseline", "out/output", *enc_names]:
                 chunks.setdefault(name, []).append(sums[name].cpu().numpy())
             bar.update(rows)
     return {k: np.concatenate(v) for k, v in chunks.items()}
