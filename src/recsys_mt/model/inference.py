@@ -137,6 +137,34 @@ class InferenceMixin:
                 cols[t.joint] = joint[:, j].numpy()
         return pd.DataFrame(cols)
 
+    def explain(
+        self,
+        data: TensorFrame | pd.DataFrame,
+        task: str = "ctr",
+        *,
+        target: str = "logit",
+        n_steps: int = 64,
+        batch_size: int = 64,
+        baseline: str = "oov",
+        encoders: bool = True,
+        progress_bar: bool | None = None,
+    ) -> pd.DataFrame:
+        """Integrated-gradients attributions of ``task``'s logit per row and feature (needs
+        ``pip install recsys-mt[explain]``); see :func:`recsys_mt.model.explain.explain`."""
+        from .explain import explain
+
+        return explain(
+            self,
+            data,
+            task,
+            target=target,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            baseline=baseline,
+            encoders=encoders,
+            progress_bar=progress_bar,
+        )
+
     def evaluate(self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192) -> pd.DataFrame:
         """Funnel-aware metrics as a tidy DataFrame ``[task, metric, value, rows]``.
 
