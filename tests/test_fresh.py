@@ -177,6 +177,26 @@ def test_predictions_unchanged_right_after_growth(world):
     pd.testing.assert_frame_equal(g.predict(old_only), model.predict(old_only), check_exact=True)
 
 
+def test_growing_again_shifts_offsets_and_keeps_every_row(world):
+    _, _, _, df, _ = world
+    g, schema2, _ = grown(world)
+    later = df.iloc[:200].copy()
+    later.loc[later.index[:50], "user_id"] = 10_000  # a new user: item_id's offset shifts
+    later.loc[later.index[50:60], "item_id"] = 20_000
+    enc = g.encoders[0]
+    names = ("user_id", "item_id")
+    before = {n: enc.embedding_of(n, torch.arange(schema2.vocab_size(n))) for n in names}
+    old_pred = g.predict(schema2.transform(later))
+    schema3, growth = schema2.update(later)
+    assert growth.added == {"user_id": 1, "item_id": 1, "category": 0}
+    offsets = dict(enc._owner_offsets)
+    g.grow(schema3)
+    assert enc._owner_offsets["item_id"][1] == offsets["item_id"][1] + 1
+    for name, rows in before.items():
+        assert torch.equal(enc.embedding_of(name, torch.arange(len(rows))), rows)
+    pd.testing.assert_frame_equal(g.predict(later), old_pred, check_exact=True)
+
+
 def test_noise_moves_only_the_new_rows(world):
     model, schema, _, _, new_items = world
     g, new_schema, _ = grown(world, noise_std=0.01, seed=3)
