@@ -165,7 +165,7 @@ def test_grow_adds_rows_keeps_old_rows_and_starts_new_rows_from_oov(world):
 def test_predictions_unchanged_right_after_growth(world):
     model, schema, p1, df, new_items = world
     g, new_schema, _ = grown(world)
-    has_new = df["item_id"].isin(new_items).to_numpy()
+    has_new = torch.as_tensor(df["item_id"].isin(new_items).to_numpy().copy())
     new_frame, old_frame = new_schema.transform(df), schema.transform(df)
     # rows with new ids now use their own ids, not the OOV id ...
     assert (new_frame["sparse"][has_new, 1] >= schema.vocab_size("item_id")).all()
@@ -231,7 +231,7 @@ def test_continued_training_learns_a_planted_new_item(world):
     trainer.fit(g, frame, None)
     stale = gap(model, schema.transform(p2))  # never saw the item: scores it as the OOV row
     learned = gap(g, frame)
-    assert learned - stale > 0.5, (learned, stale)
+    assert learned - stale > 0.4, (learned, stale)  # about 0.8 with this seed
 
 
 def test_grow_refuses_mismatched_schemas_and_unknown_encoders(world):
