@@ -325,7 +325,9 @@ class MultiTaskModel(InferenceMixin, nn.Module):
     def extra_repr(self) -> str:
         return f"supervision={self.supervision!r}, calibration={self.calibration_method!r}"
 
-    def grow(self, new_schema: Schema, noise_std: float = 0.0, seed: int | None = None) -> dict:
+    def grow(
+        self, new_schema: Schema, noise_std: float = 0.0, seed: int | None = None
+    ) -> dict[str, int]:
         """Grow the embedding tables to ``new_schema`` (from ``self.schema.update(df)``): known
         rows kept bit for bit, new ids start from their vocabulary's OOV row. Returns the rows
         added per vocabulary; see :func:`~recsys_mt.model.update.grow_model`."""
