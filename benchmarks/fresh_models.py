@@ -25,10 +25,11 @@ MMoE; AdamW, batch 512, lr 5e-3):
 * ``retrain``: a new schema and model fit from scratch on periods 1 + 2 (``--epochs``).
 
 Prints one JSON line per seed and model (``ctr_auc``, ``cvr_auc`` on all period-3 rows,
-``ctr_auc_new``, ``cvr_auc_new`` on rows showing a new item; CVR on clicked rows; ``seconds``:
-schema work, growth and training of that model alone, the stale model's training not counted
-in the update), then a table of the means over seeds. Timings are only comparable within one
-run on an otherwise idle machine.
+``ctr_auc_new``, ``cvr_auc_new`` on rows showing a new item; CVR on clicked rows;
+``row_epochs``: training rows times epochs, the machine-independent cost; ``seconds`` (wall)
+and ``cpu_s`` (process CPU time, all threads) of that model's own schema work, growth and
+training, the stale model's training not counted in the updates), then a table of the means
+over seeds. Timings are only comparable within one run on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from recsys_mt.data.synthetic import make_funnel_data
 from recsys_mt.demo import build_schema
 
 MODELS = ("stale", "continued", "grown", "retrain")
-METRICS = ("ctr_auc", "cvr_auc", "ctr_auc_new", "cvr_auc_new", "seconds")
+METRICS = ("ctr_auc", "cvr_auc", "ctr_auc_new", "cvr_auc_new", "row_epochs", "seconds", "cpu_s")
 
 
 def periods(seed: int, args: argparse.Namespace) -> tuple[pd.DataFrame, ...]:
@@ -90,42 +91,62 @@ def scores(model: rm.MultiTaskModel, p3: pd.DataFrame, new: set) -> dict[str, fl
     return out
 
 
+class Clock:
+    """Wall and process CPU seconds since creation (CPU time is steadier on a shared machine)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> dict[str, float]:
+        return {
+            "seconds": time.perf_counter() - self.wall,
+            "cpu_s": time.process_time() - self.cpu,
+        }
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     p1, p2, p3, new = periods(seed, args)
     results: dict[str, dict[str, float]] = {}
 
-    t0 = time.perf_counter()
+    clock = Clock()
     schema = build_schema()
     frame1 = schema.fit_transform(p1)
     torch.manual_seed(seed)
     stale = rm.MultiTaskModel(schema, auto_calibrate=None)
     train(stale, frame1, args.epochs, seed)
-    results["stale"] = {**scores(stale, p3, new), "seconds": time.perf_counter() - t0}
+    cost = clock.read()
+    results["stale"] = {**scores(stale, p3, new), **cost, "row_epochs": len(p1) * args.epochs}
 
-    t0 = time.perf_counter()
+    clock = Clock()
     continued = copy.deepcopy(stale)
     train(continued, schema.transform(p2), args.update_epochs, seed)
-    results["continued"] = {**scores(continued, p3, new), "seconds": time.perf_counter() - t0}
+    cost = clock.read()
+    update_work = len(p2) * args.update_epochs
+    results["continued"] = {**scores(continued, p3, new), **cost, "row_epochs": update_work}
 
-    t0 = time.perf_counter()
+    clock = Clock()
     grown = copy.deepcopy(stale)
     new_schema, growth = schema.update(p2)
     grown.grow(new_schema)
     train(grown, new_schema.transform(p2), args.update_epochs, seed)
+    cost = clock.read()
     results["grown"] = {
         **scores(grown, p3, new),
-        "seconds": time.perf_counter() - t0,
+        **cost,
+        "row_epochs": update_work,
         "added": growth.added["item_id"],
     }
 
-    t0 = time.perf_counter()
+    clock = Clock()
     both = pd.concat([p1, p2], ignore_index=True)
     schema_all = build_schema()
     frame_all = schema_all.fit_transform(both)
     torch.manual_seed(seed)
     retrain = rm.MultiTaskModel(schema_all, auto_calibrate=None)
     train(retrain, frame_all, args.epochs, seed)
-    results["retrain"] = {**scores(retrain, p3, new), "seconds": time.perf_counter() - t0}
+    cost = clock.read()
+    work = len(both) * args.epochs
+    results["retrain"] = {**scores(retrain, p3, new), **cost, "row_epochs": work}
     rows = {"p1": len(p1), "p2": len(p2), "p3": len(p3), "p3_new": int(p3.item_id.isin(new).sum())}
     for name, r in results.items():
         line = {"seed": seed, "model": name, **{k: round(float(v), 4) for k, v in r.items()}}
@@ -153,7 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     print("| --- |" + " ---: |" * len(METRICS))
     for name in MODELS:
         means = [np.mean([r[name][m] for r in runs]) for m in METRICS]
-        print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in means[:-1]) + f" | {means[-1]:.1f} |")
+        cells = [f"{v:.4f}" for v in means[:4]] + [f"{means[4]:.0f}"]
+        cells += [f"{v:.1f}" for v in means[5:]]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
