@@ -145,8 +145,8 @@ def update_schema(schema: Schema, df: pd.DataFrame) -> tuple[Schema, SchemaGrowt
     fill the room left; the others stay out of vocabulary and are counted in
     :attr:`SchemaGrowth.capped`). As at ``fit``, a :class:`Sequence` with ``vocab_from`` does
     not add values to its owner's vocabulary. Hashed features (``hash_buckets``) never grow.
-    Dense, vector and funnel statistics are carried over unchanged (so are the statistics'
-    standardisation and the funnel rates: refit the schema to renew those).
+    Dense, vector and funnel statistics are carried over unchanged (refit the schema, and
+    retrain, to renew them).
 
     Args:
         schema: a fitted schema; it is not modified.
