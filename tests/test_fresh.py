@@ -274,3 +274,56 @@ def test_grown_model_round_trips_through_save_pretrained(world, tmp_path):
     pd.testing.assert_frame_equal(loaded.predict(df), g.predict(df), check_exact=True)
     with pytest.raises(rm.CheckpointError, match="vocabulary of 'item_id'"):
         rm.MultiTaskModel.from_pretrained(tmp_path / "m", schema=schema)
+
+
+def tiny_bert(folder) -> str:
+    """A random 1-layer BERT with a 12-word vocabulary, saved locally."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "shirt", "good"]
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+    )
+    BertModel(config).save_pretrained(str(folder))
+    return str(folder)
+
+
+def test_text_towers_grow_only_without_an_item_key(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tiny_bert(tmp_path / "bert")
+    df = pd.DataFrame(
+        {
+            "item_id": ["a", "b", "a", "c"],
+            "title": ["red shirt", "blue shirt", "red shirt", "good shirt"],
+            "query": ["red", "blue", "good", "red"],
+            "click": [1, 0, 1, 0],
+        }
+    )
+    schema = rm.Schema(
+        [rm.Sparse("item_id", dim=4), rm.Text("title", key="item_id"), rm.Text("query")],
+        tasks=[rm.Task("ctr", "click")],
+    )
+    schema.fit(df.iloc[:3])
+    new_schema, growth = schema.update(df)
+    assert growth.added == {"item_id": 1}
+    for feature, grows in (("query", True), ("title", False)):
+        torch.manual_seed(0)
+        tower = rm.BertTextTower(path, feature=feature, max_length=8, progress_bar=False)
+        model = rm.MultiTaskModel(schema, encoders=[rm.IDEmbedding(), tower])
+        if grows:
+            assert model.grow(new_schema) == {"item_id": 1}
+            assert model.encoders[0].tables[0].shape[0] == new_schema.vocab_size("item_id")
+        else:
+            with pytest.raises(NotImplementedError, match=r"encoder 1 \(BertTextTower\).*key="):
+                model.grow(new_schema)
+            assert model.schema is schema
+            assert model.encoders[0].tables[0].shape[0] == schema.vocab_size("item_id")
