@@ -217,7 +217,7 @@ def test_continued_training_learns_a_planted_new_item(world):
     star = new_items[0]
     p2 = df.copy()
     p2.loc[p2["item_id"] == star, "click"] = 1  # the new item is always clicked
-    is_star = torch.as_tensor((p2["item_id"] == star).to_numpy())
+    is_star = torch.as_tensor((p2["item_id"] == star).to_numpy().copy())
     g, new_schema, _ = grown(world)
     frame = new_schema.transform(p2)
 
