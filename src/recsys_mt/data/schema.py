@@ -24,6 +24,7 @@ from .funnel_stats import (
     validate_funnel_stats,
 )
 from .hashing import Key
+from .schema_update import SchemaGrowth, update_schema
 from .vectors import VectorStats, fit_vector_stats, vector_tensors
 from .vocab import (
     OOVWarning,
@@ -390,6 +391,14 @@ class Schema:
         out-of-fold (or, with ``time_column``, time-ordered) values, so no row sees its label.
         """
         return self._transform(df, labels, self._fit(df))
+
+    def update(self, df: pd.DataFrame) -> tuple[Schema, SchemaGrowth]:
+        """A grown copy for a new period: new ids of ``df`` appended to the vocabularies.
+
+        This schema is not modified. Returns ``(new_schema, growth)``; see
+        :func:`~recsys_mt.data.schema_update.update_schema` and ``MultiTaskModel.grow``.
+        """
+        return update_schema(self, df)
 
     # ------------------------------------------------------------------ persistence
     def _hash_keys(self) -> dict[str, bytes]:

@@ -240,6 +240,47 @@ class IDEmbedding(Encoder):
         dim, off = self._owner_offsets[name]
         return F.embedding(ids + off, self._table(dim))
 
+    def grow(
+        self,
+        old_schema: Any,
+        new_schema: Any,
+        noise_std: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Rebuild for ``new_schema``, whose vocabularies extend ``old_schema``'s, keeping rows.
+
+        Each vocabulary's known rows move bit-identically to its new offset in the packed table;
+        its new ids' rows (``old_size .. new_size - 1``) are copies of its trained OOV row plus
+        ``N(0, noise_std²)`` noise (none by default). The attention weights are kept. The
+        caller checks that ``new_schema`` extends ``old_schema``.
+        """
+        old_offsets = dict(self._owner_offsets)
+        state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        old_tables = {d: state[f"tables.{i}"] for i, d in enumerate(self.dims)}
+        device = old_tables[self.dims[0]].device
+        with torch.random.fork_rng(devices=[]):  # build's random init must not move the seed
+            self.build(new_schema)
+        new_rows = {d: t.shape[0] for d, t in zip(self.dims, self.tables)}
+        tables = {
+            d: old_tables[d].new_zeros((new_rows[d], old_tables[d].shape[1])) for d in self.dims
+        }
+        for owner, (dim, new_off) in self._owner_offsets.items():
+            _, old_off = old_offsets[owner]
+            old_size, new_size = old_schema.vocab_size(owner), new_schema.vocab_size(owner)
+            old = old_tables[dim]
+            tables[dim][new_off : new_off + old_size] = old[old_off : old_off + old_size]
+            added = new_size - old_size
+            if added:
+                rows = old[old_off + OOV_ID].expand(added, -1).clone()
+                if noise_std:
+                    noise = torch.randn(rows.shape, generator=generator, dtype=rows.dtype)
+                    rows = rows + noise.to(rows.device) * noise_std
+                tables[dim][new_off + old_size : new_off + new_size] = rows
+        for i, d in enumerate(self.dims):
+            state[f"tables.{i}"] = tables[d]
+        self.to(device)
+        self.load_state_dict(state)
+
     def param_groups(self, sparse: bool) -> list[dict[str, Any]]:
         self.sparse_grad = bool(sparse)
         return [

@@ -30,6 +30,7 @@ from .calibration import identity_calibration
 from .counterfactual import CounterfactualRegulariser, check_counterfactual
 from .inference import InferenceMixin
 from .persistence import FORMAT_VERSION, CheckpointError, load_pretrained, save_pretrained
+from .update import grow_model
 
 __all__ = ["CheckpointError", "MultiTaskModel"]
 
@@ -323,6 +324,14 @@ class MultiTaskModel(InferenceMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return f"supervision={self.supervision!r}, calibration={self.calibration_method!r}"
+
+    def grow(
+        self, new_schema: Schema, noise_std: float = 0.0, seed: int | None = None
+    ) -> dict[str, int]:
+        """Grow the embedding tables to ``new_schema`` (from ``self.schema.update(df)``): known
+        rows kept bit for bit, new ids start from their vocabulary's OOV row. Returns the rows
+        added per vocabulary; see :func:`~recsys_mt.model.update.grow_model`."""
+        return grow_model(self, new_schema, noise_std, seed)
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
