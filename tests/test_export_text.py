@@ -172,16 +172,23 @@ def test_query_output_is_text_query_and_their_relevance(tiny_bert, data):
     rm.MultiTaskModel(schema, encoders=[rm.IDEmbedding(), tower])
     frame = tower.prepare(schema.transform(data.head(50)))
     d = tower.text_dim
-    assert tower.out_dim == 3 * d + 1
+    assert tower.out_dim == 3 * d + 2
+    titles = [tower.texts[r] for r in frame["text_row/title"].tolist()]
+    queries = list(data["query"].head(50))
     with torch.no_grad():
         out = tower(frame.take(slice(0, 50)))
-        title = tower.encode_texts([tower.texts[r] for r in frame["text_row/title"].tolist()])
-        query = tower.encode_texts(list(data["query"].head(50)))
+        title, query = tower.encode_texts(titles), tower.encode_texts(queries)
+        base = BertTextTower(tiny_bert, feature="title", projection_dim=None, progress_bar=False)
+        rm.MultiTaskModel(schema, encoders=[base])
+        raw_title, raw_query = base.encode_texts(titles), base.encode_texts(queries)
+    cosine = torch.nn.functional.cosine_similarity
     torch.testing.assert_close(out[:, :d], title)
     torch.testing.assert_close(out[:, d : 2 * d], query)
-    cos = torch.nn.functional.cosine_similarity(query, title, dim=-1)
-    torch.testing.assert_close(out[:, 2 * d], cos)
-    torch.testing.assert_close(out[:, 2 * d + 1 :], query * title)
+    present = torch.tensor([isinstance(q, str) for q in queries])  # missing: pooled zeros
+    want = torch.where(present, cosine(raw_query, raw_title, dim=-1), 0.0)
+    torch.testing.assert_close(out[:, 2 * d], want)
+    torch.testing.assert_close(out[:, 2 * d + 1], cosine(query, title, dim=-1))
+    torch.testing.assert_close(out[:, 2 * d + 2 :], query * title)
     # both features share one table: each distinct text once
     distinct = set(data["query"].head(50).dropna()) | set(data["title"].head(50).dropna())
     assert len(tower.texts) - 1 == len(distinct - {""})
@@ -191,11 +198,14 @@ def test_relevance_of_a_zero_vector_is_zero_with_finite_gradient():
     q = torch.zeros(2, 3, requires_grad=True)
     t = torch.tensor([[1.0, 2.0, 2.0], [0.0, 0.0, 0.0]], requires_grad=True)
     r = relevance(q, t)
-    assert r.shape == (2, 4) and torch.equal(r[:, 0], torch.zeros(2))
+    assert r.shape == (2, 5) and torch.equal(r[:, :2], torch.zeros(2, 2))
     r.sum().backward()
     assert torch.isfinite(q.grad).all() and torch.isfinite(t.grad).all()
     a, b = torch.tensor([[3.0, 4.0]]), torch.tensor([[4.0, 3.0]])
-    assert relevance(a, b)[0, 0].item() == pytest.approx(24 / 25)
+    units = (torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]]))
+    r = relevance(a, b, units)
+    assert r[0, 0].item() == pytest.approx(0.6) and r[0, 1].item() == pytest.approx(24 / 25)
+    torch.testing.assert_close(r[0, 2:], torch.tensor([12.0, 12.0]))
 
 
 def test_query_tower_saves_and_loads_bit_identically(frozen, data, tmp_path):

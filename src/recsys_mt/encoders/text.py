@@ -37,7 +37,7 @@ from ..registry import register
 from .text_backbone import DEFAULT_LR_SCALE, POOLINGS, TRAINABLE_MODES, TextBackbone
 from .text_encoding import tokenize
 from .text_loading import load_encoder, saved_vectors_changes
-from .text_output import TextLookup, tower_output
+from .text_output import TextLookup, tower_output, unit_vectors
 from .text_table import MISSING_ROW, TextTable, clean_text, is_missing
 
 __all__ = [
@@ -98,8 +98,9 @@ class BertTextTower(TextBackbone):
         query: name of a row-level :class:`~recsys_mt.data.Text` feature (e.g. a search query)
             encoded by the same base model, projection and text table; adds the query vector
             and, with ``query_interaction``, the (query, text) relevance to the output.
-        query_interaction: with ``query``, also output the cosine of the query and text
-            vectors and their elementwise product (``[B, 1 + d]``).
+        query_interaction: with ``query``, also output the (query, text) relevance ``[B, 2 + d]``:
+            the cosine of their base-model (pooled) vectors, the cosine of their text vectors
+            and the elementwise product of their text vectors.
         batch_size: texts per base-model call when encoding the cache (frozen mode) and in
             :meth:`encode_texts`.
         progress_bar: show tqdm bars while encoding and loading.
@@ -108,8 +109,8 @@ class BertTextTower(TextBackbone):
 
     Output ``[B, out_dim]``: the row's text vector ``[B, d]`` (``d`` = ``projection_dim`` or the
     hidden size), followed with ``history`` by the history's mean text vector ``[B, d]``, and
-    with ``query`` by the query vector ``[B, d]``, then the cosine ``[B, 1]`` and the product
-    ``[B, d]`` of query and text vectors (``query_interaction``).
+    with ``query`` by the query vector ``[B, d]`` and the relevance ``[B, 2 + d]``
+    (``query_interaction``).
     """
 
     # ------------------------------------------------------------------ the text table
@@ -205,8 +206,9 @@ class BertTextTower(TextBackbone):
         codes = frame[f"text/{name}"].cpu()
         return local[codes] if len(local) else torch.zeros_like(codes)
 
-    def _vectors(self, rows: Tensor, table: dict[str, Tensor]) -> Tensor:
-        """Text vectors ``[U, d]`` of *distinct* sorted table rows ``rows [U]``."""
+    def _vectors(self, rows: Tensor, table: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Text vectors ``[U, d]`` of *distinct* sorted table rows ``rows [U]``, and the unit
+        pooled vectors of the base model ``[U, hidden]`` (zeros for the missing row)."""
         if self.trainable == "frozen":
             pooled = table["cache"].index_select(0, rows)
         else:
@@ -221,8 +223,10 @@ class BertTextTower(TextBackbone):
                 pooled = self.missing.new_zeros(0, self.hidden_size)
             if has_missing:
                 pooled = torch.cat([pooled.new_zeros(1, pooled.shape[1]), pooled])
-        z = self.proj(pooled.to(self.missing.dtype))
-        return torch.where((rows == MISSING_ROW).unsqueeze(-1), self.missing.to(z.dtype), z)
+        pooled = pooled.to(self.missing.dtype)
+        z = self.proj(pooled)
+        z = torch.where((rows == MISSING_ROW).unsqueeze(-1), self.missing.to(z.dtype), z)
+        return z, unit_vectors(pooled)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """``[B, out_dim]``: the row's text vector, plus the history's mean text vector.
@@ -253,15 +257,18 @@ class BertTextTower(TextBackbone):
             hist_rows = table["item_rows"][batch[f"seq/{self.history}"]]  # [B, L]; 0 = no text
             parts.append(hist_rows.flatten())
         uniq, inv = torch.unique(torch.cat(parts), return_inverse=True)
-        vec = self._vectors(uniq, table).index_select(0, inv)  # [B (+ B) (+ B*L), d]
-        vecs = list(vec.split([p.shape[0] for p in parts]))
-        row_vec, query_vec, hist_vec, hist_mask = vecs.pop(0), None, None, None
+        vec, unit = self._vectors(uniq, table)
+        sizes = [p.shape[0] for p in parts]
+        vecs = list(vec.index_select(0, inv).split(sizes))  # [B], ([B]), ([B*L]) rows
+        row_vec, query_vec, hist_vec, hist_mask, units = vecs.pop(0), None, None, None, None
         if self.query is not None:
             query_vec = vecs.pop(0)
+            if self.query_interaction:
+                units = (unit[inv[sizes[0] : sum(sizes[:2])]], unit[inv[: sizes[0]]])
         if self.history is not None:
             hist_vec = vecs.pop(0).view(*hist_rows.shape, -1)  # [B, L, d]
             hist_mask = hist_rows != MISSING_ROW
-        return tower_output(row_vec, hist_vec, hist_mask, query_vec, self.query_interaction)
+        return tower_output(row_vec, hist_vec, hist_mask, query_vec, self.query_interaction, units)
 
     def export_module(self) -> TextLookup:
         """This tower as a :class:`~recsys_mt.encoders.text_output.TextLookup` for ONNX export.
@@ -281,8 +288,9 @@ class BertTextTower(TextBackbone):
         finally:
             self.train(was_training)
         item_rows = table["item_rows"] if self.key is not None else None
+        units = torch.cat([u for _, u in parts]) if self.query and self.query_interaction else None
         return TextLookup(
-            torch.cat(parts),
+            torch.cat([v for v, _ in parts]),
             texts,
             self.feature,
             self.key,
@@ -290,6 +298,7 @@ class BertTextTower(TextBackbone):
             self.history,
             self.query,
             self.query_interaction,
+            units,
         )
 
     def encode_texts(self, texts: list[str]) -> Tensor:

@@ -212,7 +212,7 @@ class TextBackbone(Encoder):
         """Output width for text vectors of width ``d`` (see ``tower_output``)."""
         width = d * (2 if self.history is not None else 1)
         if self.query is not None:
-            width += d + (1 + d if self.query_interaction else 0)
+            width += d + (2 + d if self.query_interaction else 0)
         return width
 
     def _load_base(self) -> None:

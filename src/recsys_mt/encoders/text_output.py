@@ -19,17 +19,27 @@ from torch import Tensor, nn
 from .base import masked_mean
 from .text_table import MISSING_ROW
 
-__all__ = ["TextLookup", "relevance", "tower_output"]
+__all__ = ["TextLookup", "relevance", "tower_output", "unit_vectors"]
 
 
-def relevance(query: Tensor, text: Tensor) -> Tensor:
-    """``[B, 1 + d]``: the cosine of ``query [B, d]`` and ``text [B, d]``, then their
-    elementwise product. A zero vector (e.g. an untrained missing vector) has cosine 0; the
-    gradient is finite everywhere."""
+def unit_vectors(x: Tensor) -> Tensor:
+    """``x [n, h]`` scaled to unit length per row; zero rows stay zero (finite gradient)."""
+    return x / (x * x).sum(-1, keepdim=True).clamp_min(1e-24).sqrt()
+
+
+def relevance(query: Tensor, text: Tensor, units: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """The (query, text) relevance ``[B, 2 + d]`` of text vectors ``query, text [B, d]``.
+
+    Column 0: the cosine of the base model's vectors, from their unit vectors ``units``
+    (``(query [B, h], text [B, h])``; 0 when ``None``); column 1: the cosine of ``query`` and
+    ``text``; then their elementwise product ``[B, d]``. A zero vector (e.g. an untrained
+    missing vector) has cosine 0; the gradient is finite everywhere.
+    """
     dot = (query * text).sum(-1, keepdim=True)
     norms = (query * query).sum(-1, keepdim=True) * (text * text).sum(-1, keepdim=True)
-    cos = dot / norms.clamp_min(1e-12).sqrt()
-    return torch.cat([cos, query * text], dim=-1)
+    cos = dot / norms.clamp_min(1e-24).sqrt()
+    base = (units[0] * units[1]).sum(-1, keepdim=True) if units is not None else cos * 0
+    return torch.cat([base, cos, query * text], dim=-1)
 
 
 def tower_output(
@@ -38,6 +48,7 @@ def tower_output(
     hist_mask: Tensor | None = None,
     query_vec: Tensor | None = None,
     interaction: bool = True,
+    units: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """The tower's output ``[B, out_dim]`` from its text vectors.
 
@@ -47,6 +58,8 @@ def tower_output(
         hist_mask: ``[B, L]``, True where a history item has a text.
         query_vec: the row's query vector ``[B, d]`` (``None``: no query).
         interaction: with a query, append :func:`relevance` of query and text.
+        units: unit base-model vectors of query and text ``([B, h], [B, h])`` for
+            :func:`relevance`.
 
     Returns:
         ``row_vec``, then the masked history mean, then ``query_vec``, cosine and product.
@@ -57,7 +70,7 @@ def tower_output(
     if query_vec is not None:
         parts.append(query_vec)
         if interaction:
-            parts.append(relevance(query_vec, row_vec))
+            parts.append(relevance(query_vec, row_vec, units))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
@@ -75,6 +88,7 @@ class TextLookup(nn.Module):
         history: a ``Sequence`` of ``key`` ids whose mean text vector is appended.
         query: a row-level text feature read from ``batch["text_row/<query>"]``.
         interaction: append the (query, text) relevance (with ``query``).
+        units: unit base-model vectors of the rows ``[R, hidden]``, for the relevance.
     """
 
     def __init__(
@@ -87,6 +101,7 @@ class TextLookup(nn.Module):
         history: str | None = None,
         query: str | None = None,
         interaction: bool = True,
+        units: Tensor | None = None,
     ):
         super().__init__()
         if vectors.dim() != 2 or vectors.shape[0] != len(texts):
@@ -97,6 +112,8 @@ class TextLookup(nn.Module):
         self.register_buffer("vectors", vectors.detach().clone())
         rows = item_rows if item_rows is not None else torch.zeros(0, dtype=torch.long)
         self.register_buffer("item_rows", rows.detach().clone().long())
+        units = units if units is not None else torch.zeros(0, 0)
+        self.register_buffer("units", units.detach().clone().to(vectors.dtype))
         self.texts = list(texts)
         self.feature, self.key, self.history = feature, key, history
         self.query, self.interaction = query, bool(interaction)
@@ -109,9 +126,13 @@ class TextLookup(nn.Module):
         if self.history is not None:
             hist_rows = self.item_rows[batch[f"seq/{self.history}"]]  # [B, L]
             hist_vec, hist_mask = self.vectors[hist_rows], hist_rows != MISSING_ROW
+        units = None
         if self.query is not None:
-            query_vec = self.vectors[batch[f"text_row/{self.query}"]]
-        return tower_output(row_vec, hist_vec, hist_mask, query_vec, self.interaction)
+            query_rows = batch[f"text_row/{self.query}"]
+            query_vec = self.vectors[query_rows]
+            if self.interaction and self.units.numel():
+                units = (self.units[query_rows], self.units[batch[f"text_row/{self.feature}"]])
+        return tower_output(row_vec, hist_vec, hist_mask, query_vec, self.interaction, units)
 
     def table(self) -> dict[str, Any]:
         """What a caller needs to turn raw texts (and item ids) into the graph's row inputs."""
