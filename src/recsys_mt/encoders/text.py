@@ -206,9 +206,12 @@ class BertTextTower(TextBackbone):
         codes = frame[f"text/{name}"].cpu()
         return local[codes] if len(local) else torch.zeros_like(codes)
 
-    def _vectors(self, rows: Tensor, table: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Text vectors ``[U, d]`` of *distinct* sorted table rows ``rows [U]``, and the unit
-        pooled vectors of the base model ``[U, hidden]`` (zeros for the missing row)."""
+    def _vectors(
+        self, rows: Tensor, table: dict[str, Tensor], units: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Text vectors ``[U, d]`` of *distinct* sorted table rows ``rows [U]``, and with
+        ``units`` the unit pooled vectors of the base model ``[U, hidden]`` (zeros for the
+        missing row; else ``None``)."""
         if self.trainable == "frozen":
             pooled = table["cache"].index_select(0, rows)
         else:
@@ -226,7 +229,7 @@ class BertTextTower(TextBackbone):
         pooled = pooled.to(self.missing.dtype)
         z = self.proj(pooled)
         z = torch.where((rows == MISSING_ROW).unsqueeze(-1), self.missing.to(z.dtype), z)
-        return z, unit_vectors(pooled)
+        return z, (unit_vectors(pooled) if units else None)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """``[B, out_dim]``: the row's text vector, plus the history's mean text vector.
@@ -257,13 +260,14 @@ class BertTextTower(TextBackbone):
             hist_rows = table["item_rows"][batch[f"seq/{self.history}"]]  # [B, L]; 0 = no text
             parts.append(hist_rows.flatten())
         uniq, inv = torch.unique(torch.cat(parts), return_inverse=True)
-        vec, unit = self._vectors(uniq, table)
+        relevance = self.query is not None and self.query_interaction
+        vec, unit = self._vectors(uniq, table, units=relevance)
         sizes = [p.shape[0] for p in parts]
         vecs = list(vec.index_select(0, inv).split(sizes))  # [B], ([B]), ([B*L]) rows
         row_vec, query_vec, hist_vec, hist_mask, units = vecs.pop(0), None, None, None, None
         if self.query is not None:
             query_vec = vecs.pop(0)
-            if self.query_interaction:
+            if relevance:
                 units = (unit[inv[sizes[0] : sum(sizes[:2])]], unit[inv[: sizes[0]]])
         if self.history is not None:
             hist_vec = vecs.pop(0).view(*hist_rows.shape, -1)  # [B, L, d]
@@ -284,11 +288,14 @@ class BertTextTower(TextBackbone):
             with self.table.lock, torch.no_grad():
                 texts, table = self.table.texts, self.table.snapshot()
                 rows = torch.arange(len(texts), device=self._device())
-                parts = [self._vectors(r, table) for r in rows.split(self.batch_size)]
+                relevance = self.query is not None and self.query_interaction
+                parts = [
+                    self._vectors(r, table, units=relevance) for r in rows.split(self.batch_size)
+                ]
         finally:
             self.train(was_training)
         item_rows = table["item_rows"] if self.key is not None else None
-        units = torch.cat([u for _, u in parts]) if self.query and self.query_interaction else None
+        units = torch.cat([u for _, u in parts]) if relevance else None
         return TextLookup(
             torch.cat([v for v, _ in parts]),
             texts,
