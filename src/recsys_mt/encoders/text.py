@@ -14,7 +14,9 @@ distinct rows of the batch. ::
 
 Missing texts (None / NaN / blank) map to row 0 and a learned vector. An item-level text
 (``Text(name, key="item_id")``) also learns ``item id → text`` and, with ``history``, adds the
-mean text vector of a user's history items. ``save_extra`` keeps the catalogue's texts and
+mean text vector of a user's history items. With ``query``, a row-level query text shares the
+tower (one base model, one text table) and its relevance to the text is part of the output
+(``docs/search.md``). ``save_extra`` keeps the catalogue's texts and
 their cached vectors (keyed by the model's fingerprint), not the texts seen only at serving
 time. The guide ``docs/text_tower.md`` has the details.
 """
@@ -32,10 +34,10 @@ from torch import Tensor
 
 from ..data.frame import TensorFrame
 from ..registry import register
-from .base import masked_mean
 from .text_backbone import DEFAULT_LR_SCALE, POOLINGS, TRAINABLE_MODES, TextBackbone
 from .text_encoding import tokenize
 from .text_loading import load_encoder, saved_vectors_changes
+from .text_output import TextLookup, tower_output, unit_vectors
 from .text_table import MISSING_ROW, TextTable, clean_text, is_missing
 
 __all__ = [
@@ -93,6 +95,12 @@ class BertTextTower(TextBackbone):
             top_k_layers / lora / full.
         history: name of a ``Sequence`` feature with ``vocab_from`` = the text's ``key``; adds
             the masked mean text vector of the history items to the output.
+        query: name of a row-level :class:`~recsys_mt.data.Text` feature (e.g. a search query)
+            encoded by the same base model, projection and text table; adds the query vector
+            and, with ``query_interaction``, the (query, text) relevance to the output.
+        query_interaction: with ``query``, also output the (query, text) relevance ``[B, 2 + d]``:
+            the cosine of their base-model (pooled) vectors, the cosine of their text vectors
+            and the elementwise product of their text vectors.
         batch_size: texts per base-model call when encoding the cache (frozen mode) and in
             :meth:`encode_texts`.
         progress_bar: show tqdm bars while encoding and loading.
@@ -100,7 +108,9 @@ class BertTextTower(TextBackbone):
             (default: catalogue texts only, see :func:`is_catalogue_frame`).
 
     Output ``[B, out_dim]``: the row's text vector ``[B, d]`` (``d`` = ``projection_dim`` or the
-    hidden size), followed with ``history`` by the history's mean text vector ``[B, d]``.
+    hidden size), followed with ``history`` by the history's mean text vector ``[B, d]``, and
+    with ``query`` by the query vector ``[B, d]`` and the relevance ``[B, 2 + d]``
+    (``query_interaction``).
     """
 
     # ------------------------------------------------------------------ the text table
@@ -170,27 +180,38 @@ class BertTextTower(TextBackbone):
         the input frame is not modified.
         """
         self._check_built()
-        key = f"text/{self.feature}"
-        table = frame.meta.get("texts", {}).get(self.feature)
-        if key not in frame or table is None:
-            raise KeyError(
-                f"BertTextTower: the frame has no text feature {self.feature!r} ({key!r} and "
-                "meta['texts']); transform it with a schema holding "
-                f"Text({self.feature!r})"
-            )
-        local = self.table.rows_for(list(table), self._encode_new, is_catalogue_frame(frame))
-        codes = frame[key].cpu()
-        rows = local[codes] if len(local) else torch.zeros_like(codes)
+        for name in (self.feature, self.query):
+            if name is not None and (
+                f"text/{name}" not in frame or name not in frame.meta.get("texts", {})
+            ):
+                raise KeyError(
+                    f"BertTextTower: the frame has no text feature {name!r} ('text/{name}' and "
+                    f"meta['texts']); transform it with a schema holding Text({name!r})"
+                )
+        rows = self._table_rows(frame, self.feature)
         if self.key is not None:
             item = frame.column(self.key).cpu().numpy()
             self.table.learn_items(item, rows.numpy())
             rows = self.table.fill_from_items(item, rows)
         out = TensorFrame(dict(frame.tensors), frame.meta)
         out[f"text_row/{self.feature}"] = rows.to(frame.device)
+        if self.query is not None:
+            out[f"text_row/{self.query}"] = self._table_rows(frame, self.query).to(frame.device)
         return out
 
-    def _vectors(self, rows: Tensor, table: dict[str, Tensor]) -> Tensor:
-        """Text vectors ``[U, d]`` of *distinct* sorted table rows ``rows [U]``."""
+    def _table_rows(self, frame: TensorFrame, name: str) -> Tensor:
+        """Table rows (int64 ``[N]``, CPU) of text feature ``name`` of ``frame``; adds new texts."""
+        texts = list(frame.meta["texts"][name])
+        local = self.table.rows_for(texts, self._encode_new, is_catalogue_frame(frame))
+        codes = frame[f"text/{name}"].cpu()
+        return local[codes] if len(local) else torch.zeros_like(codes)
+
+    def _vectors(
+        self, rows: Tensor, table: dict[str, Tensor], units: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Text vectors ``[U, d]`` of *distinct* sorted table rows ``rows [U]``, and with
+        ``units`` the unit pooled vectors of the base model ``[U, hidden]`` (zeros for the
+        missing row; else ``None``)."""
         if self.trainable == "frozen":
             pooled = table["cache"].index_select(0, rows)
         else:
@@ -205,8 +226,10 @@ class BertTextTower(TextBackbone):
                 pooled = self.missing.new_zeros(0, self.hidden_size)
             if has_missing:
                 pooled = torch.cat([pooled.new_zeros(1, pooled.shape[1]), pooled])
-        z = self.proj(pooled.to(self.missing.dtype))
-        return torch.where((rows == MISSING_ROW).unsqueeze(-1), self.missing.to(z.dtype), z)
+        pooled = pooled.to(self.missing.dtype)
+        z = self.proj(pooled)
+        z = torch.where((rows == MISSING_ROW).unsqueeze(-1), self.missing.to(z.dtype), z)
+        return z, (unit_vectors(pooled) if units else None)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """``[B, out_dim]``: the row's text vector, plus the history's mean text vector.
@@ -224,16 +247,66 @@ class BertTextTower(TextBackbone):
                 "evaluate do it for you)"
             )
         table = self.table.snapshot()
-        if self.history is None:
-            uniq, inv = torch.unique(rows, return_inverse=True)
-            return self._vectors(uniq, table).index_select(0, inv)
-        hist_rows = table["item_rows"][batch[f"seq/{self.history}"]]  # [B, L]; 0 = no text
-        both = torch.cat([rows, hist_rows.flatten()])
-        uniq, inv = torch.unique(both, return_inverse=True)
-        vec = self._vectors(uniq, table).index_select(0, inv)  # [B + B*L, d]
-        row_vec = vec[: rows.shape[0]]
-        hist_vec = vec[rows.shape[0] :].view(*hist_rows.shape, -1)  # [B, L, d]
-        return torch.cat([row_vec, masked_mean(hist_vec, hist_rows != MISSING_ROW)], dim=-1)
+        parts = [rows]
+        if self.query is not None:
+            query_rows = batch.get(f"text_row/{self.query}")
+            if query_rows is None:
+                raise KeyError(
+                    f"BertTextTower({self.feature!r}): the batch has no 'text_row/{self.query}' "
+                    "column (the query); call model.prepare(frame) before batching"
+                )
+            parts.append(query_rows)
+        if self.history is not None:
+            hist_rows = table["item_rows"][batch[f"seq/{self.history}"]]  # [B, L]; 0 = no text
+            parts.append(hist_rows.flatten())
+        uniq, inv = torch.unique(torch.cat(parts), return_inverse=True)
+        relevance = self.query is not None and self.query_interaction
+        vec, unit = self._vectors(uniq, table, units=relevance)
+        sizes = [p.shape[0] for p in parts]
+        vecs = list(vec.index_select(0, inv).split(sizes))  # [B], ([B]), ([B*L]) rows
+        row_vec, query_vec, hist_vec, hist_mask, units = vecs.pop(0), None, None, None, None
+        if self.query is not None:
+            query_vec = vecs.pop(0)
+            if relevance:
+                units = (unit[inv[sizes[0] : sum(sizes[:2])]], unit[inv[: sizes[0]]])
+        if self.history is not None:
+            hist_vec = vecs.pop(0).view(*hist_rows.shape, -1)  # [B, L, d]
+            hist_mask = hist_rows != MISSING_ROW
+        return tower_output(row_vec, hist_vec, hist_mask, query_vec, self.query_interaction, units)
+
+    def export_module(self) -> TextLookup:
+        """This tower as a :class:`~recsys_mt.encoders.text_output.TextLookup` for ONNX export.
+
+        Computes the text vector of every row of the text table now (frozen: the projected
+        cache; trainable: each known text encoded once, in eval mode, in batches of
+        ``batch_size``), under ``no_grad``. Texts added later are not in the lookup.
+        """
+        self._check_built()
+        was_training = self.training
+        self.eval()
+        try:
+            with self.table.lock, torch.no_grad():
+                texts, table = self.table.texts, self.table.snapshot()
+                rows = torch.arange(len(texts), device=self._device())
+                relevance = self.query is not None and self.query_interaction
+                parts = [
+                    self._vectors(r, table, units=relevance) for r in rows.split(self.batch_size)
+                ]
+        finally:
+            self.train(was_training)
+        item_rows = table["item_rows"] if self.key is not None else None
+        units = torch.cat([u for _, u in parts]) if relevance else None
+        return TextLookup(
+            torch.cat([v for v, _ in parts]),
+            texts,
+            self.feature,
+            self.key,
+            item_rows,
+            self.history,
+            self.query,
+            self.query_interaction,
+            units,
+        )
 
     def encode_texts(self, texts: list[str]) -> Tensor:
         """Text vectors ``[n, d]`` of ``n`` raw strings, computed now (no cache, no dedup).
@@ -288,6 +361,7 @@ class BertTextTower(TextBackbone):
             "pooling": self.pooling,
             "max_length": self.max_length,
             "hidden_size": self.hidden_size,
+            "query": self.query,
         }
         self.table.save(*self._extra_paths(directory), header, self.save_serving_texts)
 

@@ -58,6 +58,8 @@ class TextBackbone(Encoder):
         projection_dim: int | None = 64,
         lr_scale: float | None = None,
         history: str | None = None,
+        query: str | None = None,
+        query_interaction: bool = True,
         batch_size: int = 64,
         progress_bar: bool = True,
         save_serving_texts: bool = False,
@@ -109,6 +111,12 @@ class TextBackbone(Encoder):
         self.projection_dim = None if projection_dim is None else int(projection_dim)
         self.lr_scale = None if lr_scale is None else float(lr_scale)
         self.history = history
+        if query is not None and (not isinstance(query, str) or query == feature):
+            raise ValueError(
+                f"query must be the name of another Text feature than {feature!r}, got {query!r}"
+            )
+        self.query = query
+        self.query_interaction = bool(query_interaction)
         self.batch_size = int(batch_size)
         self.progress_bar = bool(progress_bar)
         self.save_serving_texts = bool(save_serving_texts)
@@ -142,6 +150,7 @@ class TextBackbone(Encoder):
             f"{self.model_name_or_path!r}, feature={self.feature!r}, pooling={self.pooling!r}, "
             f"trainable={self.trainable!r}, max_length={self.max_length}, "
             f"projection_dim={self.projection_dim}, history={self.history!r}, "
+            f"query={self.query!r}, "
             f"texts={len(self.table)}"
         )
 
@@ -170,6 +179,13 @@ class TextBackbone(Encoder):
                     f"key: Text({self.feature!r}, key=...) has key={self.key!r}, Sequence"
                     f"({self.history!r}) has vocab_from={hist.vocab_from!r}"
                 )
+        if self.query is not None:
+            qspec = _feature_of(schema, self.query, Text)
+            if qspec is None or qspec.key is not None:
+                raise ValueError(
+                    f"BertTextTower: query {self.query!r} must be a row-level Text feature of "
+                    f"the schema (Text({self.query!r}) without key)"
+                )
         extra, self._extra = self._extra, None
         if extra is not None and "cache" in extra:
             # a saved frozen tower: the cache covers its texts; load the base model only when a
@@ -187,10 +203,17 @@ class TextBackbone(Encoder):
         frozen = self.trainable == "frozen"
         self.table.setup(frozen, self.hidden_size, self.max_length, vocab)
         self.table.fingerprint = self._fingerprint
-        self.out_dim = d * (2 if self.history is not None else 1)
+        self.out_dim = self._out_dim(d)
         self._built = True
         if extra is not None:
             self.table.restore(extra, self._encode_new, self.feature)
+
+    def _out_dim(self, d: int) -> int:
+        """Output width for text vectors of width ``d`` (see ``tower_output``)."""
+        width = d * (2 if self.history is not None else 1)
+        if self.query is not None:
+            width += d + (2 + d if self.query_interaction else 0)
+        return width
 
     def _load_base(self) -> None:
         tokenizer, model = load_encoder(self.model_name_or_path, self.progress_bar)
@@ -305,8 +328,8 @@ class TextBackbone(Encoder):
     def to_config(self) -> dict[str, Any]:
         names = (
             "model_name_or_path feature pooling max_length trainable top_k lora_r lora_alpha "
-            "lora_dropout lora_target_modules projection_dim lr_scale history batch_size "
-            "progress_bar save_serving_texts"
+            "lora_dropout lora_target_modules projection_dim lr_scale history query "
+            "query_interaction batch_size progress_bar save_serving_texts"
         ).split()
         return {n: getattr(self, n) for n in names}
 
