@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -57,6 +58,10 @@ class PairEncoder:
         needed = list(dict.fromkeys(needed))
         self._item_cols = [c for c in needed if c in owned]
         self._user_cols = [c for c in needed if c not in owned]
+        # catalog row 0 stands in for the catalog columns of the users side (slices dropped)
+        if self.reason is None and catalog.columns.duplicated().any():
+            self.reason = "the catalog has repeated column names"
+        self._fill = {} if self.reason else {c: catalog[c].array[:1] for c in self._item_cols}
         self._lock = threading.Lock()
         self._items: dict[str, Tensor] | None = None
         self._item_oov: dict[str, float] = {}
@@ -85,12 +90,10 @@ class PairEncoder:
         if self.reason is not None or any(c not in users.columns for c in self._user_cols):
             return None
         try:
-            fill = self.catalog.iloc[[0] * len(users)][self._item_cols]
-            side = pd.concat(
-                [users[self._user_cols].reset_index(drop=True), fill.reset_index(drop=True)],
-                axis=1,
-            )
-            user_frame = encode_rows(self.schema, side)
+            side = {c: users[c].array for c in self._user_cols}
+            zeros = np.zeros(len(users), dtype=np.intp)
+            side.update({c: v.take(zeros) for c, v in self._fill.items()})
+            user_frame = encode_rows(self.schema, pd.DataFrame(side, copy=False))
         except Exception:  # the pair frame raises the same problem, with its usual message
             return None
         items = self._catalog_tensors(users)
