@@ -10,10 +10,12 @@ builds the demo's MMoE model (untrained: weights do not change the cost), then t
 ``recommend(users, candidates, k)`` call per repeat with ``Recommender(..., fast_scoring=False)``
 (``"pair"``: a DataFrame of every (user, candidate) pair is encoded) and with the default
 ``fast_scoring=True`` (``"fast"``: the catalog is encoded once, the users once per call, pair
-rows are gathered). Each user gets ``--candidates`` distinct catalog items of their own. Prints
-JSON lines only: one per (users, path) with the median and the fastest call in ms (after one
-untimed warm-up call, which also encodes the catalog), then one per users count with the
-speedup and ``same``: whether both paths returned the identical DataFrame.
+rows are gathered). Each user gets ``--candidates`` distinct catalog items of their own; the two
+paths alternate call by call. Prints JSON lines only: one per (users, path) with the median and
+the fastest call in ms (after one untimed warm-up call, which also encodes the catalog) and
+``encode_median_ms``, the median time of the encoding step alone (the only part that differs),
+then one per users count with the speedup of the median call and ``same``: whether both paths
+returned the identical DataFrame.
 Timings depend on the machine and its load; compare runs on one otherwise idle machine.
 """
 
@@ -33,15 +35,29 @@ from recsys_mt.data.synthetic import make_funnel_data
 from recsys_mt.demo import build_schema
 
 
-def time_calls(rec: rm.Recommender, users, candidates, k: int, repeats: int):
-    """``(result, [ms per call])`` of ``repeats`` timed calls after one warm-up call."""
-    out = rec.recommend(users, candidates, k=k)
-    times = []
+def time_paths(recs: dict, users, candidates, k: int, repeats: int):
+    """``({path: result}, {path: [ms per recommend call]}, {path: [ms per encoding]})``:
+    the paths alternate call by call (after one warm-up call each), so both see the same load.
+    The encoding is the part of a call that differs: the pair DataFrame's ``Schema.transform``
+    or the gathered rows."""
+    positions, mask = recs["fast"]._candidate_positions(candidates, len(users))
+    rows_u, rows_c = torch.nonzero(mask, as_tuple=True)
+    encode = {
+        "pair": lambda: recs["pair"]._pair_frame(users, positions, rows_u, rows_c),
+        "fast": lambda: recs["fast"]._pairs.encode(users, rows_u, positions[rows_u, rows_c]),
+    }
+    out = {path: rec.recommend(users, candidates, k=k) for path, rec in recs.items()}
+    calls: dict[str, list[float]] = {path: [] for path in recs}
+    enc: dict[str, list[float]] = {path: [] for path in recs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = rec.recommend(users, candidates, k=k)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return out, times
+        for path, rec in recs.items():
+            t0 = time.perf_counter()
+            out[path] = rec.recommend(users, candidates, k=k)
+            t1 = time.perf_counter()
+            encode[path]()
+            enc[path].append((time.perf_counter() - t1) * 1e3)
+            calls[path].append((t1 - t0) * 1e3)
+    return out, calls, enc
 
 
 def main() -> None:
@@ -75,16 +91,16 @@ def main() -> None:
         cands = [
             rng.choice(ids, size=args.candidates, replace=False).tolist() for _ in range(n_users)
         ]
-        results, medians = {}, {}
-        for path, rec in recs.items():
-            results[path], times = time_calls(rec, users, cands, args.k, args.repeats)
-            medians[path] = statistics.median(times)
+        results, calls, enc = time_paths(recs, users, cands, args.k, args.repeats)
+        medians = {path: statistics.median(times) for path, times in calls.items()}
+        for path, times in calls.items():
             line = {
                 "users": n_users,
                 "candidates": args.candidates,
                 "path": path,
                 "median_ms": round(medians[path], 2),
                 "min_ms": round(min(times), 2),
+                "encode_median_ms": round(statistics.median(enc[path]), 2),
                 "repeats": args.repeats,
                 "torch_threads": args.torch_threads,
             }
