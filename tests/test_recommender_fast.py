@@ -104,6 +104,12 @@ def test_shared_candidates_with_repeats_equal_pair_path(model, data):
     shared = ids[:30] + ids[3:6]  # repeats are masked out
     scores = _assert_same_scores(fast, slow, users, shared)
     assert (scores["ctcvr"][:, 30:] == 0).all() and (scores["ctcvr"][:, :30] > 0).all()
+    # and equal to predicting a hand-built DataFrame of the pairs
+    pairs = users.drop(columns="category").merge(catalog.head(30), how="cross")
+    direct = model.predict(model.schema.transform(pairs, labels=False))
+    for name in direct.columns:
+        want = torch.tensor(direct[name].to_numpy(np.float32)).view(len(users), 30)
+        assert torch.equal(scores[name][:, :30], want), name
     pd.testing.assert_frame_equal(
         fast.recommend(users, shared, k=8), slow.recommend(users, shared, k=8)
     )

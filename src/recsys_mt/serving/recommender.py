@@ -141,7 +141,17 @@ class Recommender:
 
     def score(self, users: pd.DataFrame, positions: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Every objective for every valid (user, candidate) pair: ``{name: [B, N]}``
-        (conditional and joint probabilities; 0 at padded slots)."""
+        (conditional and joint probabilities; 0 at padded slots).
+
+        Args:
+            users: ``B`` user rows.
+            positions: int64 ``[B, N]`` catalog rows of the candidates.
+            mask: bool ``[B, N]``, False at padded (or repeated) slots.
+
+        With ``fast_scoring`` the pairs' rows are gathered from the encoded catalog and users;
+        otherwise (and whenever gathering cannot serve a call) a DataFrame of all pairs is
+        encoded. Both give the same probabilities, bit for bit.
+        """
         b, n = positions.shape
         rows_u, rows_c = torch.nonzero(mask, as_tuple=True)
         frame = None
@@ -149,11 +159,11 @@ class Recommender:
             frame = self._pairs.encode(users, rows_u, positions[rows_u, rows_c])
         if frame is None:
             frame = self._pair_frame(users, positions, rows_u, rows_c)
-        pred = self.model.predict(frame, batch_size=self.batch_size)
+        pred = self.model.predict_tensors(frame, batch_size=self.batch_size)
         out = {}
-        for col in pred.columns:
+        for col, values in pred.items():
             full = torch.zeros(b, n, dtype=torch.float32)
-            full[rows_u, rows_c] = torch.tensor(pred[col].to_numpy(np.float32))
+            full[rows_u, rows_c] = values.to(torch.float32)
             out[col] = full
         return out
 
