@@ -212,3 +212,16 @@ def test_concurrent_calls_match_sequential(model, data):
     assert not errors
     for i, expected in enumerate(seq):
         pd.testing.assert_frame_equal(got[i], expected)
+
+
+def test_catalog_that_does_not_encode_falls_back(model, data):
+    _, catalog, users = data
+    broken = catalog.copy()
+    broken.loc[5, "price"] = np.nan  # Dense("price") refuses NaN: only pairs with item 5 fail
+    fast, slow = _both(model, broken)
+    others = [i for i in broken.item_id.tolist() if i != broken.item_id[5]][:20]
+    a = fast.recommend(users, others, k=5)
+    assert fast._pairs.reason == "the catalog as a whole does not encode"
+    pd.testing.assert_frame_equal(a, slow.recommend(users, others, k=5))
+    with pytest.raises(rm.SchemaError, match="price"):
+        fast.recommend(users, [broken.item_id[5]], k=1)
