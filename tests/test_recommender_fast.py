@@ -148,6 +148,17 @@ def test_new_users_warn_and_score_like_pair_path(model, data):
     with pytest.warns(rm.data.OOVWarning, match="user_id"):
         b = slow.recommend(new, k=4)
     pd.testing.assert_frame_equal(a, b)
+    # the gathered frame reports the pair frame's OOV shares (one shared list: same weights)
+    positions, mask = fast._candidate_positions(catalog.item_id.tolist()[:20], len(new))
+    rows_u, rows_c = torch.nonzero(mask, as_tuple=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gathered = fast._pairs.encode(new, rows_u, positions[rows_u, rows_c])
+        pair = slow._pair_frame(new, positions, rows_u, rows_c)
+    assert gathered.meta["oov_rates"] == pytest.approx(pair.meta["oov_rates"])
+    assert gathered.meta["oov_rates"]["user_id"] == 1.0
+    for f in model.schema.sparse:
+        assert gathered.meta["oov_counts"][f.name] == pair.meta["oov_counts"][f.name]
 
 
 def test_bad_users_raise_the_pair_path_error(model, data):

@@ -64,7 +64,7 @@ class PairEncoder:
         self._fill = {} if self.reason else {c: catalog[c].array[:1] for c in self._item_cols}
         self._lock = threading.Lock()
         self._items: dict[str, Tensor] | None = None
-        self._item_oov: dict[str, float] = {}
+        self._item_oov: dict[str, tuple[int, float]] = {}
 
     def _unsupported(self, model: Any) -> str | None:
         if not self.schema.features:
@@ -79,13 +79,14 @@ class PairEncoder:
         """The encoded frame of pairs ``(users row rows_u[p], catalog row rows_c[p])``.
 
         Args:
-            users: one row per user, index ``0 .. B-1``.
+            users: ``B`` user rows (``rows_u`` are positions in it).
             rows_u: int64 ``[P]`` user rows.
             rows_c: int64 ``[P]`` catalog rows.
 
         Returns:
-            The frame ``schema.transform(pairs, labels=False)`` would give (tensors equal,
-            ``meta["texts"]`` empty), or ``None`` when the pair frame must be encoded instead.
+            The frame ``schema.transform(pairs, labels=False)`` would give (tensors equal;
+            ``meta["oov_rates"]`` of sequence features count the owning side's rows, see
+            :meth:`_oov_rates`), or ``None`` when the pair frame must be encoded instead.
         """
         if self.reason is not None or any(c not in users.columns for c in self._user_cols):
             return None
@@ -100,8 +101,8 @@ class PairEncoder:
         if items is None:
             return None
         tensors = self._assemble(user_frame, items, rows_u, rows_c)
-        meta = {k: v for k, v in user_frame.meta.items() if k not in ("oov_counts", "oov_rates")}
-        meta["oov_rates"] = self._oov_rates(user_frame, tensors)
+        meta = dict(user_frame.meta)
+        meta["oov_counts"], meta["oov_rates"] = self._oov_stats(user_frame, tensors)
         warn_oov(meta["oov_rates"], self.schema.oov_warn_rate)
         return TensorFrame(tensors, meta)
 
@@ -109,8 +110,10 @@ class PairEncoder:
         """The catalog-owned slices ``{key: [M, ...]}``, encoded on first use (users row 0 fills
         the user columns, whose slices are dropped); ``None`` if the catalog cannot be encoded
         as a whole (then every call encodes pairs, and only rows a call uses are checked)."""
+        if self._items is not None:  # built once, then only read
+            return self._items
         with self._lock:
-            if self._items is None:
+            if self._items is None and self.reason is None:
                 fill = users.iloc[[0] * len(self.catalog)][self._user_cols]
                 side = pd.concat(
                     [self.catalog[self._item_cols], fill.reset_index(drop=True)], axis=1
@@ -121,10 +124,10 @@ class PairEncoder:
                     self.reason = "the catalog as a whole does not encode"
                     return None
                 self._items = _owned(frame, self._item_parts)
+                seqs = {p.feature for p in self._item_parts if p.key.startswith("seq/")}
                 self._item_oov = {
-                    name: rate
-                    for name, rate in frame.meta["oov_rates"].items()
-                    if any(p.feature == name and p.key.startswith("seq/") for p in self._item_parts)
+                    name: (frame.meta["oov_counts"][name], frame.meta["oov_rates"][name])
+                    for name in seqs
                 }
             return self._items
 
@@ -155,20 +158,26 @@ class PairEncoder:
                     out[p.key] = side[p.key].index_select(0, rows)
         return out
 
-    def _oov_rates(self, user_frame: TensorFrame, tensors: dict[str, Tensor]) -> dict[str, float]:
-        """Per sparse feature the OOV share over the pairs (as the pair frame counts it); per
-        sequence feature the share over the owning side's rows (users, or the catalog)."""
+    def _oov_stats(
+        self, user_frame: TensorFrame, tensors: dict[str, Tensor]
+    ) -> tuple[dict[str, int], dict[str, float]]:
+        """``(oov_counts, oov_rates)``: per sparse feature over the pairs, as the pair frame
+        counts them; per sequence feature over the owning side's rows (each user once, or the
+        whole catalog), since the encoded ``[P, max_len]`` ids drop what ``max_len`` cut."""
+        counts: dict[str, int] = {}
         rates: dict[str, float] = {}
         for j, f in enumerate(self.schema.sparse):
             ids = tensors["sparse"][:, j]
             seen = int((ids != PAD_ID).sum())
-            rates[f.name] = int((ids == OOV_ID).sum()) / seen if seen else 0.0
+            counts[f.name] = int((ids == OOV_ID).sum())
+            rates[f.name] = counts[f.name] / seen if seen else 0.0
         for f in self.schema.sequences:
             if f.name in self._item_oov:
-                rates[f.name] = self._item_oov[f.name]
+                counts[f.name], rates[f.name] = self._item_oov[f.name]
             else:
-                rates[f.name] = user_frame.meta["oov_rates"].get(f.name, 0.0)
-        return rates
+                counts[f.name] = user_frame.meta["oov_counts"][f.name]
+                rates[f.name] = user_frame.meta["oov_rates"][f.name]
+        return counts, rates
 
 
 def _owned(frame: TensorFrame, parts: list) -> dict[str, Tensor]:
