@@ -2,6 +2,7 @@
 
 from .features import OOV_ID, PAD_ID, Dense, Feature, FunnelStats, Sequence, Sparse, Text, Vector
 from .frame import TensorFrame
+from .frame_layout import EncodedPart, encoded_parts
 from .loader import BatchLoader
 from .parquet import ParquetSource
 from .schema import OOVWarning, Schema, SchemaError
@@ -11,6 +12,7 @@ __all__ = [
     "PAD_ID",
     "BatchLoader",
     "Dense",
+    "EncodedPart",
     "Feature",
     "FunnelStats",
     "OOVWarning",
@@ -22,4 +24,5 @@ __all__ = [
     "TensorFrame",
     "Text",
     "Vector",
+    "encoded_parts",
 ]

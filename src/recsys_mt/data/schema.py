@@ -212,7 +212,8 @@ class Schema:
         if missing:
             raise SchemaError(f"missing column(s) {missing}; the DataFrame has {list(df.columns)}")
         label_cols = self._label_columns()
-        twice = sorted({str(c) for c in needed + label_cols if (df.columns == c).sum() > 1})
+        repeated = set(df.columns[df.columns.duplicated()])
+        twice = sorted({str(c) for c in needed + label_cols if c in repeated})
         if twice:
             raise SchemaError(f"the DataFrame has several columns named {twice}")
         present = [c for c in label_cols if c in df.columns]

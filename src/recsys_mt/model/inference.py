@@ -128,14 +128,22 @@ class InferenceMixin:
         joint probability (``ctcvr`` = p(click ∧ buy), ``repurchase_joint``, …). After
         :meth:`calibrate` the conditionals are calibrated and the joints are their products.
         """
+        cols = self.predict_tensors(data, batch_size)
+        return pd.DataFrame({name: v.numpy() for name, v in cols.items()})
+
+    def predict_tensors(
+        self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192
+    ) -> dict[str, Tensor]:
+        """:meth:`predict` without the DataFrame: ``{column: float32 [N]}`` on the CPU, in
+        :meth:`predict_columns` order (the same values)."""
         cond, joint = self.probabilities(self.predict_logits(data, batch_size, calibrated=True))
-        cols: dict[str, np.ndarray] = {}
+        cols: dict[str, Tensor] = {}
         for j, t in enumerate(self.tasks):
-            cols[t.name] = cond[:, j].numpy()
+            cols[t.name] = cond[:, j]
         for j, t in enumerate(self.tasks):
             if t.given is not None and t.binary:
-                cols[t.joint] = joint[:, j].numpy()
-        return pd.DataFrame(cols)
+                cols[t.joint] = joint[:, j]
+        return cols
 
     def explain(
         self,

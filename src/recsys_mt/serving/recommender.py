@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..rerank import PAD, Reranker, gather_selected, relevance_order
+from .pair_encoding import PairEncoder
 
 FusionFn = Callable[[Any], Any]
 
@@ -36,6 +37,12 @@ class Recommender:
             re-rankers; ``"auto"`` takes the model's learned ``item_key`` embeddings; ``None``
             disables them.
         batch_size: rows per model forward pass.
+        fast_scoring: encode the catalog once and each call's users once, then gather the rows
+            of every (user, candidate) pair from the two (see
+            :class:`~recsys_mt.serving.pair_encoding.PairEncoder`; the same probabilities bit for
+            bit). ``False``, and models the gathering cannot serve (text features or towers, a
+            funnel-statistics entity crossing user and catalog columns), encode a DataFrame of
+            all pairs per call.
     """
 
     def __init__(
@@ -46,6 +53,7 @@ class Recommender:
         category: str | None = "category",
         item_vectors: Tensor | np.ndarray | str | None = "auto",
         batch_size: int = 16384,
+        fast_scoring: bool = True,
     ):
         if not isinstance(catalog, pd.DataFrame) or len(catalog) == 0:
             raise ValueError("catalog must be a non-empty DataFrame (one row per item)")
@@ -69,6 +77,7 @@ class Recommender:
             else None
         )
         self._vectors = self._item_vectors(item_vectors)
+        self._pairs = PairEncoder(self.model, self.catalog) if fast_scoring else None
 
     def _item_vectors(self, item_vectors) -> Tensor | None:
         if item_vectors is None:
@@ -132,9 +141,35 @@ class Recommender:
 
     def score(self, users: pd.DataFrame, positions: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Every objective for every valid (user, candidate) pair: ``{name: [B, N]}``
-        (conditional and joint probabilities; 0 at padded slots)."""
+        (conditional and joint probabilities; 0 at padded slots).
+
+        Args:
+            users: ``B`` user rows.
+            positions: int64 ``[B, N]`` catalog rows of the candidates.
+            mask: bool ``[B, N]``, False at padded (or repeated) slots.
+
+        With ``fast_scoring`` the pairs' rows are gathered from the encoded catalog and users;
+        otherwise (and whenever gathering cannot serve a call) a DataFrame of all pairs is
+        encoded. Both give the same probabilities, bit for bit.
+        """
         b, n = positions.shape
         rows_u, rows_c = torch.nonzero(mask, as_tuple=True)
+        frame = None
+        if self._pairs is not None:
+            frame = self._pairs.encode(users, rows_u, positions[rows_u, rows_c])
+        if frame is None:
+            frame = self._pair_frame(users, positions, rows_u, rows_c)
+        pred = self.model.predict_tensors(frame, batch_size=self.batch_size)
+        out = {}
+        for col, values in pred.items():
+            full = torch.zeros(b, n, dtype=torch.float32)
+            full[rows_u, rows_c] = values.to(torch.float32)
+            out[col] = full
+        return out
+
+    def _pair_frame(self, users: pd.DataFrame, positions: Tensor, rows_u: Tensor, rows_c: Tensor):
+        """The encoded frame of a DataFrame with one row per pair (user columns repeated per
+        candidate, the candidate's catalog row beside them)."""
         user_part = users.iloc[rows_u.numpy()].reset_index(drop=True)
         item_part = self.catalog.iloc[positions[rows_u, rows_c].numpy()].reset_index(drop=True)
         pairs = pd.concat(
@@ -144,14 +179,7 @@ class Recommender:
             ],
             axis=1,
         )
-        frame = self.schema.transform(pairs, labels=False)
-        pred = self.model.predict(frame, batch_size=self.batch_size)
-        out = {}
-        for col in pred.columns:
-            full = torch.zeros(b, n, dtype=torch.float32)
-            full[rows_u, rows_c] = torch.tensor(pred[col].to_numpy(np.float32))
-            out[col] = full
-        return out
+        return self.schema.transform(pairs, labels=False)
 
     def recommend(
         self,
