@@ -109,6 +109,26 @@ def test_bad_requests(setup):
         rm.Recommender(model, pd.concat([catalog, catalog.head(1)]))
 
 
+def test_candidate_ids_are_matched_exactly_in_one_lookup(setup):
+    model, _, catalog, users = setup
+    rec = rm.Recommender(model, catalog)
+    ids = catalog["item_id"].tolist()
+    a, b = int(ids[0]), int(ids[1])
+    # a float id is never truncated onto an integer id, a string never matches a number
+    for bad in (a + 0.5, str(a)):
+        with pytest.raises(KeyError, match="not in the catalog") as err:
+            rec.recommend(users.head(2), [[a, b], [b, bad]], k=2)
+        assert repr(bad) in str(err.value)
+    # numpy integers, Python ints and ragged lists give the same lists as one list per call
+    lists = [[a, b], [np.int64(b)], [b, a, int(ids[2])]]
+    got = rec.recommend(users.head(3), lists, k=2)
+    for i, cand in enumerate(lists):
+        alone = rec.recommend(users.iloc[[i]], [cand], k=2)
+        mine = got[got["user"] == users["user_id"].iloc[i]]
+        assert mine["item"].tolist() == alone["item"].tolist()
+        np.testing.assert_array_equal(mine["score"].to_numpy(), alone["score"].to_numpy())
+
+
 def test_duplicate_candidates_are_ranked_once(setup):
     model, _, catalog, users = setup
     rec = rm.Recommender(model, catalog)

@@ -71,6 +71,7 @@ class Recommender:
         self.category = category
         self.batch_size = batch_size
         self._pos = pd.Index(self.catalog[item_key])
+        self._numeric_ids = pd.api.types.is_integer_dtype(self._pos.dtype)
         self._categories = (
             torch.from_numpy(pd.factorize(self.catalog[category])[0].astype(np.int64))
             if category is not None
@@ -124,16 +125,16 @@ class Recommender:
         width = max((len(c) for c in candidates), default=0)
         if width == 0:
             raise ValueError("every candidate list is empty")
+        lengths = torch.tensor([len(c) for c in candidates])
+        mask = torch.arange(width) < lengths[:, None]  # [B, N]
+        flat = [item for cand in candidates for item in cand]
         pos = torch.zeros(n_users, width, dtype=torch.long)
-        mask = torch.zeros(n_users, width, dtype=torch.bool)
-        for b, cand in enumerate(candidates):
-            if len(cand):
-                pos[b, : len(cand)] = torch.as_tensor(self._lookup(list(cand)))
-                mask[b, : len(cand)] = True
+        pos[mask] = torch.as_tensor(self._lookup(flat))  # one lookup, row-major order
         return pos, _first_occurrences(pos, mask)
 
     def _lookup(self, items: list) -> np.ndarray:
-        pos = self._pos.get_indexer(items)
+        values = as_id_array(items) if self._numeric_ids else items
+        pos = self._pos.get_indexer(values)
         if (pos < 0).any():
             bad = [items[i] for i in np.flatnonzero(pos < 0)[:5]]
             raise KeyError(f"candidate item(s) {bad} are not in the catalog")
@@ -325,6 +326,16 @@ class Recommender:
         if self.category is not None:
             out["category"] = self.catalog[self.category].to_numpy()[cat_rows]
         return pd.DataFrame(out)
+
+
+def as_id_array(items: list) -> Any:
+    """``items`` as an int64 array when they are all integers (a fast index lookup), else
+    unchanged: no float is truncated and no number is turned into a string."""
+    try:
+        values = np.asarray(items)
+    except (OverflowError, ValueError, TypeError):
+        return items
+    return values if values.dtype.kind in "iu" and values.ndim == 1 else items
 
 
 def _depth(tasks, name: str) -> int:

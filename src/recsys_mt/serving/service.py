@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .recommender import as_id_array
 from .service_batcher import Batcher
 from .service_schema import item_id_type, request_models
 from .service_state import ModelSlot, SwapError
@@ -176,12 +177,15 @@ def create_app(
         served = slot.current  # this request finishes on this model, whatever swaps happen
         k = body.k or default_k
         candidates = [u.candidates for u in body.users]
-        for i, cand in enumerate(candidates):
-            missing = known.get_indexer(cand) < 0
-            if missing.any():
-                bad = [cand[j] for j in np.flatnonzero(missing)[:5]]
-                msg = f"users[{i}].candidates: item id(s) {bad} are not in the catalog"
-                return JSONResponse({"error": msg}, status_code=422)
+        flat = [c for cand in candidates for c in cand]
+        missing = known.get_indexer(as_id_array(flat)) < 0  # one lookup for every user's list
+        if missing.any():
+            ends = np.cumsum([len(cand) for cand in candidates])
+            i = int(np.searchsorted(ends, np.flatnonzero(missing)[0], side="right"))
+            cand = candidates[i]
+            bad = [c for c in cand if known.get_indexer([c])[0] < 0][:5]
+            msg = f"users[{i}].candidates: item id(s) {bad} are not in the catalog"
+            return JSONResponse({"error": msg}, status_code=422)
         rows = [u.features.model_dump() for u in body.users]
         future = batcher.submit(served, rows, candidates, k)  # one frame per batch
         try:
