@@ -114,21 +114,31 @@ def _sample_negatives(
     return neg
 
 
-def _histories(ratings: pd.DataFrame, max_len: int) -> tuple[pd.Series, pd.Series]:
+def _histories(ratings: pd.DataFrame, max_len: int) -> tuple[pd.Series, pd.Series, pd.DataFrame]:
     """Per rating (index ``order``): the user's earlier-rated movies and earlier liked (>= 4)
-    movies, oldest first, last ``max_len`` (ratings at the same second are not "earlier")."""
+    movies, oldest first, last ``max_len`` (ratings at the same second are not "earlier"); and
+    the user's running funnel counts over *all* earlier ratings (not truncated): ``user_clicks``
+    (ratings), ``user_buys`` (ratings >= 4), ``user_rebuys`` (ratings of 5)."""
     r = ratings.sort_values(["user_id", "timestamp", "order"])
-    hist, liked = {}, {}
+    hist, liked, counts = {}, {}, []
     for _, g in r.groupby("user_id", sort=False):
         m = g["movie_id"].to_numpy()
         ts = g["timestamp"].to_numpy()
-        good = g["rating"].to_numpy() >= 4
+        rating = g["rating"].to_numpy()
+        good = rating >= 4
         start = np.searchsorted(ts, ts, side="left")  # rows strictly earlier than each row
+        n_good = np.concatenate([[0], np.cumsum(good)])[start]
+        n_five = np.concatenate([[0], np.cumsum(rating == 5)])[start]
+        counts.append(np.stack([g["order"].to_numpy(), start, n_good, n_five], axis=1))
         for o, s in zip(g["order"].to_numpy(), start):
             hist[o] = m[max(0, s - max_len) : s]
             lk = m[:s][good[:s]]
             liked[o] = lk[-max_len:]
-    return pd.Series(hist), pd.Series(liked)
+    c = np.concatenate(counts)
+    running = pd.DataFrame(
+        c[:, 1:], index=c[:, 0], columns=["user_clicks", "user_buys", "user_rebuys"]
+    )
+    return pd.Series(hist), pd.Series(liked), running
 
 
 def build_funnel(
@@ -148,7 +158,7 @@ def build_funnel(
     items, users = raw["items"].copy(), raw["users"].copy()
     n_movies = int(items["movie_id"].max())
     neg = _sample_negatives(ratings, n_movies, negatives, sampling, rng)
-    hist, liked = _histories(ratings, max_len)
+    hist, liked, running = _histories(ratings, max_len)
     rows = pd.concat([ratings, neg], ignore_index=True).sort_values(["order", "rating"])
     rows["click"] = (rows["rating"] > 0).astype(np.float32)
     rows["buy"] = (rows["rating"] >= 4).astype(np.float32)
@@ -156,9 +166,19 @@ def build_funnel(
     rows["hist_movies"] = hist.reindex(rows["order"]).to_numpy()
     rows["hist_liked"] = liked.reindex(rows["order"]).to_numpy()
     rows["hist_len"] = rows["hist_movies"].map(len).astype(np.float32)
+    # the user's own funnel so far (a feature store's running counters): smoothed towards the
+    # rates of the training period's ratings, which is all a model trained then could know
+    run = running.reindex(rows["order"]).to_numpy().astype(np.float64)
+    early = ratings[ratings["order"] < int(len(ratings) * 0.8)]
+    p_buy = float((early["rating"] >= 4).mean())
+    p_rebuy = float((early["rating"] == 5).sum() / max(1, (early["rating"] >= 4).sum()))
+    rows["user_clicks"] = run[:, 0].astype(np.float32)
+    rows["user_buy_rate"] = ((run[:, 1] + 2 * p_buy) / (run[:, 0] + 2)).astype(np.float32)
+    rows["user_rebuy_rate"] = ((run[:, 2] + 2 * p_rebuy) / (run[:, 1] + 2)).astype(np.float32)
     # item side: first listed genre, release decade, title
     flags = items[GENRES].to_numpy()
     items["genre"] = np.array(GENRES)[flags.argmax(1)]
+    items["genres"] = [list(np.array(GENRES)[f.astype(bool)]) for f in flags]
     year = pd.to_datetime(items["release_date"], format="%d-%b-%Y", errors="coerce").dt.year
     items["year"] = year.astype(float)
     items["decade"] = (year // 10 * 10).fillna(0).astype(int)
@@ -166,7 +186,7 @@ def build_funnel(
     users["age_bucket"] = pd.cut(users["age"], [0, 17, 24, 34, 44, 49, 55, 200]).cat.codes
     users["zip3"] = users["zip_code"].astype(str).str[:3]
     rows = rows.merge(users[["user_id", "age", "age_bucket", "gender", "occupation", "zip3"]])
-    rows = rows.merge(items[["movie_id", "genre", "decade", "year", "title"]])
+    rows = rows.merge(items[["movie_id", "genre", "genres", "decade", "year", "title"]])
     rows = rows.sort_values(["order", "rating"], kind="stable").reset_index(drop=True)
     rows["age"] = rows["age"].astype(np.float32)
     n = len(ratings)

@@ -58,6 +58,8 @@ from recsys_mt.metrics import auc, logloss  # noqa: E402
 
 METRICS = ("ctr_auc", "ctcvr_auc", "cvr_auc", "s3_auc", "cold_ctr_auc")
 LOSSES = ("ctr_ll", "cvr_ll", "s3_ll")
+GRID = (0.5, 2, 5, 10, 20, 50, 100)
+"""Smoothing strengths the rate baselines choose from (on the validation log loss)."""
 
 
 def log(msg: str) -> None:
@@ -94,26 +96,64 @@ def funnel_metrics(test: pd.DataFrame, scores: dict[str, np.ndarray]) -> dict[st
 
 
 # ----------------------------------------------------------------------------- popularity
+def _logit(p) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _smoothed(table: pd.DataFrame, keys: pd.Series, prior: float, m: float) -> np.ndarray:
+    """``(sum + m * prior) / (count + m)`` of each key's row of ``table`` (unseen: ``prior``)."""
+    t = table.reindex(keys)
+    return ((t["sum"].fillna(0) + m * prior) / (t["count"].fillna(0) + m)).to_numpy()
+
+
 def run_popularity(data, seed: int, args):
     tr, va, te = data.train, data.val, data.test
-    stages = [("click", None), ("buy", "click"), ("rebuy", "buy")]
-    grid = (0.5, 2, 5, 10, 20, 50, 100)
     rates_te = {}
-    for label, parent in stages:
+    for label, parent in (("click", None), ("buy", "click"), ("rebuy", "buy")):
         rows_tr = tr if parent is None else tr[tr[parent] == 1]
-        g = rows_tr.groupby("movie_id")[label].agg(["sum", "count"])
-        prior = float(rows_tr[label].mean())
-
-        def rate(frame, m, g=g, prior=prior):
-            s = g.reindex(frame["movie_id"])
-            return ((s["sum"].fillna(0) + m * prior) / (s["count"].fillna(0) + m * 1.0)).to_numpy()
-
         rows_va = va if parent is None else va[va[parent] == 1]
-        best = min(grid, key=lambda m: logloss(rows_va[label].to_numpy(), rate(rows_va, m)))
-        rates_te[label] = rate(te, best)
+        g = rows_tr.groupby("movie_id")[label].agg(["sum", "count"])
+        prior, y = float(rows_tr[label].mean()), rows_va[label].to_numpy()
+        best = min(GRID, key=lambda m: logloss(y, _smoothed(g, rows_va["movie_id"], prior, m)))
+        rates_te[label] = _smoothed(g, te["movie_id"], prior, best)
     ctr = rates_te["click"]
     ctcvr = ctr * rates_te["buy"]
     return {"ctr": ctr, "ctcvr": ctcvr, "s3": ctcvr * rates_te["rebuy"]}, 0, 0.0, len(tr)
+
+
+def _movie_user_rate(rows_tr, rows_va, te, label: str) -> np.ndarray:
+    weights = (0.0, 0.25, 0.5, 0.75, 1.0)
+    prior = float(rows_tr[label].mean())
+    movies = rows_tr.groupby("movie_id")[label].agg(["sum", "count"])
+    users = rows_tr.groupby("user_id")[label].agg(["sum", "count"])
+    y = rows_va[label].to_numpy()
+    mm = min(GRID, key=lambda m: logloss(y, _smoothed(movies, rows_va["movie_id"], prior, m)))
+
+    def score(frame, mu, w):
+        z = _logit(_smoothed(movies, frame["movie_id"], prior, mm))
+        z = z + w * (_logit(_smoothed(users, frame["user_id"], prior, mu)) - _logit(prior))
+        return 1 / (1 + np.exp(-z))
+
+    mu, w = min(
+        ((mu, w) for mu in GRID for w in weights), key=lambda p: logloss(y, score(rows_va, *p))
+    )
+    return score(te, mu, w)
+
+
+def run_rates(data, seed: int, args):
+    """What the ids know, as rates: per stage, the per-movie smoothed rate plus, for users
+    seen in training, their own smoothed rate, combined on the logit scale
+    ``logit(movie) + w * (logit(user) - logit(prior))``; every smoothing strength and ``w``
+    chosen on the validation log loss. A ceiling for id-only models on unseen users' rows."""
+    tr, va, te = data.train, data.val, data.test
+    out = {}
+    for label, parent in (("click", None), ("buy", "click"), ("rebuy", "buy")):
+        rows_tr = tr if parent is None else tr[tr[parent] == 1]
+        rows_va = va if parent is None else va[va[parent] == 1]
+        out[label] = _movie_user_rate(rows_tr, rows_va, te, label)
+    ctcvr = out["click"] * out["buy"]
+    return {"ctr": out["click"], "ctcvr": ctcvr, "s3": ctcvr * out["rebuy"]}, 0, 0.0, len(tr)
 
 
 # ----------------------------------------------------------------------------- recsys_mt
@@ -132,9 +172,12 @@ def recsys_schema(variant: str) -> tuple[rm.Schema, list | None]:
         features += [
             rm.Sequence("hist_movies", vocab_from="movie_id", max_len=50),
             rm.Sequence("hist_liked", vocab_from="movie_id", max_len=50),
+            rm.Sequence("genres", max_len=6),
             rm.Dense("age"),
             rm.Dense("year", nan="mean"),
-            rm.Dense("hist_len", transform="log1p"),
+            rm.Dense("user_clicks", transform="log1p"),
+            rm.Dense("user_buy_rate"),
+            rm.Dense("user_rebuy_rate"),
         ]
         if variant != "full-nostats":  # (an ablation: --variants full-nostats)
             features.append(rm.FunnelStats("movie_stats", entity="movie_id"))
@@ -153,11 +196,15 @@ def run_recsys(variant: str, data, seed: int, args):
     default brings, ``+nodrop`` (``id_dropout=0``), ``+valloss`` (early stopping on
     ``val/loss``), ``+nocal`` (``auto_calibrate=None``); ``+stats`` / ``+allstats`` add
     ``FunnelStats`` of the movie / of every id column; ``+bal=<name>`` trains with a balancer of
-    ``benchmarks/balancers.py`` (``pcgrad``, ``mgda``, ``mgda_ub``, ``gradnorm``, ...)."""
+    ``benchmarks/balancers.py`` (``pcgrad``, ``mgda``, ``mgda_ub``, ``gradnorm``, ...);
+    ``+groups=<k>`` sets ``Schema(min_groups=k)`` (0: off), ``+drop=<p>`` sets
+    ``IDEmbedding(id_dropout=p)`` and ``+no=<column>`` leaves an id feature out."""
     base, *options = variant.split("+")
     known = {"aitm", "ips", "dr", "conditional", "nodrop", "valloss", "nocal", "stats", "allstats"}
     known |= {f"bal={name}" for name in BALANCERS}
-    unknown = sorted(set(options) - known)
+    unknown = sorted(
+        o for o in set(options) - known if not o.startswith(("drop=", "no=", "groups="))
+    )
     if unknown:
         raise SystemExit(f"unknown variant options {unknown} in {variant!r}")
     schema, encoders = recsys_schema(base)
@@ -165,8 +212,16 @@ def run_recsys(variant: str, data, seed: int, args):
         entities = SPARSE if "allstats" in options else ("movie_id",)
         extra = [rm.FunnelStats(f"{c}_stats", entity=c) for c in entities]
         schema = rm.Schema(list(schema.features) + extra, tasks=list(schema.tasks))
-    if "nodrop" in options:
-        encoders = [rm.IDEmbedding(id_dropout=0.0)] + (encoders or [])[1:]
+    removed = {o[3:] for o in options if o.startswith("no=")}
+    if removed:
+        kept = [f for f in schema.features if f.name not in removed]
+        schema = rm.Schema(kept, tasks=list(schema.tasks))
+    drop = next((float(o[5:]) for o in options if o.startswith("drop=")), None)
+    if "nodrop" in options or drop is not None:
+        encoders = [rm.IDEmbedding(id_dropout=drop or 0.0)] + (encoders or [])[1:]
+    groups = next((int(o[7:]) for o in options if o.startswith("groups=")), None)
+    if groups is not None:
+        schema = rm.Schema(schema.features, tasks=schema.tasks, min_groups=groups or None)
     train = schema.fit_transform(data.train)
     val, test = schema.transform(data.val), schema.transform(data.test)
     torch.manual_seed(seed)
@@ -231,6 +286,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--negatives", type=int, default=1, help="sampled non-clicks per rating")
     p.add_argument("--cache", default=None, help="folder for the downloaded data set")
     p.add_argument("--table", default=None, help="also write the markdown table to this file")
+    p.add_argument("--rates", action="store_true", help="add the movie + returning-user rates row")
     p.add_argument("--quick", action="store_true", help="one seed, popularity negatives only")
     args = p.parse_args(argv)
     if args.quick:
@@ -255,6 +311,8 @@ def main(argv=None) -> int:
         print(json.dumps({"skipped": str(e)}), flush=True)
         return 0
     runs = [("popularity", run_popularity)]
+    if args.rates:
+        runs.append(("movie+user rates", run_rates))
     runs += [(f"recsys_mt/{v}", lambda *a, v=v: run_recsys(v, *a)) for v in args.variants]
     for name in args.peers:
         why = peer_missing(name)

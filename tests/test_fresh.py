@@ -26,6 +26,7 @@ def make_schema(**item_kw) -> rm.Schema:
             rm.Sequence("hist_items", vocab_from="item_id", max_len=10),
         ],
         tasks=[rm.Task("ctr", "click"), rm.Task("cvr", "purchase", given="ctr")],
+        min_groups=None,  # new items must get rows however few users met them
     )
 
 

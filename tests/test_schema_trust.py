@@ -35,6 +35,7 @@ def schema(**dense):
             rm.Sequence("hist", max_len=2),
         ],
         tasks=[rm.Task("ctr", "click"), rm.Task("cvr", "purchase", given="ctr")],
+        min_groups=None,  # a handful of users: every item would be an alias of one
     )
 
 
@@ -160,6 +161,7 @@ def fitted_dict():
             rm.FunnelStats("fs", "user_id", folds=2),
         ],
         tasks=[rm.Task("ctr", "click"), rm.Task("cvr", "purchase", given="ctr")],
+        min_groups=None,
     )
     s.fit(frame())
     return json.loads(s.to_json())
@@ -240,12 +242,13 @@ def test_schema_json_syntax_errors_and_repeated_keys_are_named(tmp_path):
 
 def test_schema_json_from_before_oov_and_keys_still_loads():
     d = fitted_dict()
-    del d["oov_warn_rate"]
+    del d["oov_warn_rate"], d["min_groups"]
     for f in d["features"]:
         f.pop("keyed", None)
         f.pop("anonymize", None)
     loaded = rm.Schema.from_dict(d)
     assert loaded.oov_warn_rate == 0.5 and loaded.vocabulary("item_id") == ["a", "b", "c"]
+    assert loaded.min_groups is None  # fit before the group filter existed: none on update
 
 
 # ----------------------------------------------------------------------------- OOV counts
@@ -273,11 +276,17 @@ def test_oov_warning_threshold_is_configurable_and_fit_transform_is_quiet():
         warnings.simplefilter("error")
         f = schema().fit_transform(df)  # training rows: counted, not warned about
         assert f.meta["oov_counts"] == {"user_id": 0, "item_id": 0, "hist": 0}
-        quiet = rm.Schema(schema().features, schema().tasks, oov_warn_rate=None).fit(df)
+        quiet = rm.Schema(
+            schema().features, schema().tasks, oov_warn_rate=None, min_groups=None
+        ).fit(df)
         assert quiet.transform(new).meta["oov_counts"]["user_id"] == 2
-        lax = rm.Schema(schema().features, schema().tasks, oov_warn_rate=0.5).fit(df)
+        lax = rm.Schema(schema().features, schema().tasks, oov_warn_rate=0.5, min_groups=None).fit(
+            df
+        )
         lax.transform(new)  # 50 % is not above 0.5
-    strict = rm.Schema(schema().features, schema().tasks, oov_warn_rate=0.0).fit(df)
+    strict = rm.Schema(schema().features, schema().tasks, oov_warn_rate=0.0, min_groups=None).fit(
+        df
+    )
     with pytest.warns(OOVWarning, match="user_id"):
         strict.transform(new)
     assert rm.Schema.from_json(strict.to_json()).oov_warn_rate == 0.0

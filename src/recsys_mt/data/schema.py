@@ -23,6 +23,7 @@ from .funnel_stats import (
     transform_funnel_stats,
     validate_funnel_stats,
 )
+from .group_support import supported_features, supported_vocab
 from .hashing import Key
 from .schema_update import SchemaGrowth, update_schema
 from .vectors import VectorStats, fit_vector_stats, vector_tensors
@@ -65,6 +66,12 @@ class Schema:
         oov_warn_rate: :meth:`transform` emits one :class:`OOVWarning` naming the sparse and
             sequence features whose share of out-of-vocabulary values exceeds this rate
             (``None`` disables it). Counts are in ``frame.meta["oov_counts"]`` either way.
+        min_groups: a :class:`Sparse` value (of any feature but the group column's own) gets
+            its own id only if the fit rows show it with at least this many distinct groups
+            (users); rarer values map to the OOV id. A value seen with one or two users is an
+            alias of them, and its embedding would hand their taste to every other user who
+            shares it (see ``recsys_mt.data.group_support``). ``None`` or 1 disables it, as
+            does ``group=None``.
 
     Secret keys of :class:`Sparse` features (``hash_key``) are never saved: pass them again to
     :meth:`from_json` (``keys=``).
@@ -81,6 +88,7 @@ class Schema:
         tasks: list[Task] | None = None,
         group: str | None = "auto",
         oov_warn_rate: float | None = 0.5,
+        min_groups: int | None = 10,
     ):
         if oov_warn_rate is not None and (
             not isinstance(oov_warn_rate, numbers.Real)
@@ -88,6 +96,12 @@ class Schema:
             or not 0 <= oov_warn_rate <= 1
         ):
             raise ValueError(f"oov_warn_rate must be in [0, 1] or None, got {oov_warn_rate!r}")
+        if min_groups is not None and (
+            not isinstance(min_groups, numbers.Integral)
+            or isinstance(min_groups, bool)
+            or min_groups < 1
+        ):
+            raise ValueError(f"min_groups must be an int >= 1 or None, got {min_groups!r}")
         features = list(features)
         if not features:
             raise ValueError("a Schema needs at least one feature")
@@ -113,6 +127,7 @@ class Schema:
             group = "user_id" if "user_id" in by_name else None
         self.group = group
         self.oov_warn_rate = None if oov_warn_rate is None else float(oov_warn_rate)
+        self.min_groups = None if min_groups is None else int(min_groups)
         self.vocabularies_: dict[str, _Vocab] | None = None
         self.dense_stats_: dict[str, dict[str, float]] | None = None
         self.vector_stats_: dict[str, VectorStats] | None = None
@@ -270,9 +285,15 @@ class Schema:
         """``fit``; returns the leakage-safe FunnelStats values ``[N, C]`` of ``df`` (or None)."""
         has_labels = self._check_df(df, labels="auto")
         vocabs: dict[str, _Vocab] = {}
+        filtered = {f.name for f in supported_features(self)}
         for f in self.sparse:
             kind = _id_kind(df[f.column], f"column {f.column!r}")
-            vocabs[f.name] = fit_vocab(f, kind, *_canonical(df[f.column], kind))
+            values, missing = _canonical(df[f.column], kind)
+            if f.name in filtered:
+                groups = df[self.group]
+                vocabs[f.name] = supported_vocab(f, kind, values, missing, groups, self.min_groups)
+            else:
+                vocabs[f.name] = fit_vocab(f, kind, values, missing)
         for f in self.sequences:
             lengths, flat = _flatten_lists(df[f.column], f.column)
             if f.vocab_from is not None:

@@ -45,6 +45,7 @@ def schema_to_dict(schema: Schema) -> dict[str, Any]:
         "tasks": [t.to_dict() for t in schema.tasks],
         "group": schema.group,
         "oov_warn_rate": schema.oov_warn_rate,
+        "min_groups": schema.min_groups,
         "vocabularies": None if vocabs is None else {k: v.to_dict() for k, v in vocabs.items()},
         "dense_stats": schema.dense_stats_,
         "funnel_stats": None if funnel is None else {k: v.to_dict() for k, v in funnel.items()},
@@ -77,7 +78,11 @@ def schema_from_dict(cls: type, d: Any, keys: Mapping[str, Key] | Key | None) ->
     tasks = [_build(Task, t, f"tasks[{i}]") for i, t in enumerate(d["tasks"])]
     try:
         schema = cls(
-            features, tasks, group=d.get("group"), oov_warn_rate=d.get("oov_warn_rate", 0.5)
+            features,
+            tasks,
+            group=d.get("group"),
+            oov_warn_rate=d.get("oov_warn_rate", 0.5),
+            min_groups=d.get("min_groups"),  # files written before it existed: no filter
         )
     except (ValueError, TypeError) as e:
         raise SchemaError(f"invalid schema.json: {e}") from None

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .features import Sequence, Sparse
+from .group_support import filtered_by_support, group_support, supported_features
 from .hashing import anonymize
 from .vocab import SchemaError, _canonical, _flatten_lists, _id_kind, _Vocab, is_hashed
 
@@ -102,15 +103,23 @@ def _values_of(schema: Schema, df: pd.DataFrame) -> dict[str, tuple[np.ndarray, 
 
 
 def _grown_vocab(
-    spec: Sparse | Sequence, vocab: _Vocab, values: np.ndarray, missing: np.ndarray
+    spec: Sparse | Sequence,
+    vocab: _Vocab,
+    values: np.ndarray,
+    missing: np.ndarray,
+    support: tuple[pd.Series, int] | None = None,
 ) -> tuple[_Vocab, int]:
     """``(vocab with the new values appended, number left out by max_vocab)``.
 
     New values are those the vocabulary does not know that occur at least ``min_freq`` times
-    in ``values``, appended in first-appearance order; with ``max_vocab``, only the most
-    frequent fit in the room left (ties by first appearance).
+    in ``values`` (and, with ``support = (groups, k)``, with at least ``k`` distinct groups),
+    appended in first-appearance order; with ``max_vocab``, only the most frequent fit in the
+    room left (ties by first appearance).
     """
     counts = pd.Series(values[~missing]).value_counts(sort=False)  # first-appearance order
+    if support is not None:
+        groups, k = support
+        counts = filtered_by_support(counts, group_support(values, missing, groups), k)
     counts = counts[counts >= spec.min_freq]
     if not len(counts):
         return vocab, 0
@@ -140,7 +149,8 @@ def update_schema(schema: Schema, df: pd.DataFrame) -> tuple[Schema, SchemaGrowt
 
     For each non-hashed :class:`Sparse` feature and each :class:`Sequence` with its own
     vocabulary, values of ``df`` that the vocabulary does not know and that occur at least
-    ``min_freq`` times in ``df`` get the next free ids, in order of first appearance; every known
+    ``min_freq`` times in ``df`` (Sparse values: with at least ``schema.min_groups`` distinct
+    groups of ``df``, as at fit) get the next free ids, in order of first appearance; every known
     value keeps its id. ``max_vocab`` caps the grown vocabulary (the most frequent new values
     fill the room left; the others stay out of vocabulary and are counted in
     :attr:`SchemaGrowth.capped`). As at ``fit``, a :class:`Sequence` with ``vocab_from`` does
@@ -165,12 +175,14 @@ def update_schema(schema: Schema, df: pd.DataFrame) -> tuple[Schema, SchemaGrowt
     values = _values_of(schema, df)
     growth = SchemaGrowth()
     grown_vocabs: dict[str, _Vocab] = {}
+    filtered = {f.name for f in supported_features(schema)}
     for spec in _owners(schema):
         vocab = schema.vocabularies_[spec.name]
         if is_hashed(spec):
             growth.hashed.append(spec.name)
             continue
-        grown, capped = _grown_vocab(spec, vocab, *values[spec.name])
+        support = (df[schema.group], schema.min_groups) if spec.name in filtered else None
+        grown, capped = _grown_vocab(spec, vocab, *values[spec.name], support)
         if grown is not vocab:
             grown_vocabs[spec.name] = grown
         growth.old_sizes[spec.name] = vocab.size

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .columns import dense_stats_from, dense_values
 from .features import Dense, FunnelStats, Sequence, Sparse, Text, Vector
+from .group_support import GroupSupport, filtered_by_support, supported_features
 from .parquet import _pandas_dtype
 from .parquet_plan import ParquetReadError, check_int, import_pyarrow, list_files, read_metadata
 from .vectors import VectorStats, vector_stats_from, vector_values
@@ -135,10 +136,12 @@ class _Ids:
         for value, n in zip(chunk.index.tolist(), chunk.tolist()):
             counts[value] = get(value, 0) + n
 
-    def vocab(self, spec: Sparse | Sequence) -> _Vocab:
+    def vocab(self, spec: Sparse | Sequence, support: GroupSupport | None = None) -> _Vocab:
         counts = None
         if self.count:
             counts = pd.Series(list(self.counts.values()), index=list(self.counts), dtype=np.int64)
+            if support is not None:
+                counts = filtered_by_support(counts, support.support(), support.k)
         return vocab_from_counts(spec, self.kind or "int", counts)
 
 
@@ -187,6 +190,7 @@ class _StreamFit:
         self.moments = {f.name: _Moments() for f in schema.dense}
         self.vectors = {f.name: _Moments() for f in schema.vectors}
         self.pending: dict[str, pd.Series] = {}  # shared-vocabulary ids awaiting their kind
+        self.support = {f.name: GroupSupport(schema.min_groups) for f in supported_features(schema)}
 
     def add(self, df: pd.DataFrame) -> None:
         """Validate one chunk as ``Schema.fit`` validates a frame, then learn from it."""
@@ -202,6 +206,10 @@ class _StreamFit:
             )
         for f in schema.sparse:
             self.ids[f.name].add(df[f.column], f"column {f.column!r}")
+        for name, support in self.support.items():
+            f, ids = schema.feature(name), self.ids[name]
+            if ids.decided:
+                support.add(*_canonical(df[f.column], ids.kind), df[schema.group])
         for f in schema.sequences:
             _, flat = _flatten_lists(df[f.column], f.column)
             if f.vocab_from is None:
@@ -243,7 +251,7 @@ class _StreamFit:
             if f.name in self.pending:
                 schema._check_seq_kind(f, self.pending[f.name], self.ids[f.vocab_from].kind)
         owned = schema.sparse + [f for f in schema.sequences if f.vocab_from is None]
-        vocabs = {f.name: self.ids[f.name].vocab(f) for f in owned}
+        vocabs = {f.name: self.ids[f.name].vocab(f, self.support.get(f.name)) for f in owned}
         stats = {f.name: self.moments[f.name].stats(f) for f in schema.dense}
         vector_stats = {
             f.name: self.vectors[f.name].vector_stats(f)

@@ -22,6 +22,7 @@ _TOP_REQUIRED = ("format_version", "features", "tasks")
 _TOP_OPTIONAL = (
     "group",
     "oov_warn_rate",
+    "min_groups",
     "vocabularies",
     "dense_stats",
     "vector_stats",
@@ -100,6 +101,8 @@ def check_top(d: Any, version: int) -> None:
         _check_type(d["group"], "str | None", "group")
     if d.get("oov_warn_rate") is not None:
         _check_type(d["oov_warn_rate"], "float | None", "oov_warn_rate")
+    if d.get("min_groups") is not None:
+        _check_type(d["min_groups"], "int | None", "min_groups")
 
 
 def check_feature(d: Any, path: str) -> None:
