@@ -101,15 +101,22 @@ class ModelSlot:
         return self._current
 
     def recommend(
-        self, served: ServedModel, users: pd.DataFrame | list[dict], candidates: list, k: int
-    ) -> pd.DataFrame:
+        self,
+        served: ServedModel,
+        users: pd.DataFrame | list[dict],
+        candidates: list,
+        k: int,
+        *,
+        as_columns: bool = False,
+    ) -> pd.DataFrame | dict[str, Any]:
         """``served.recommender.recommend`` with the service's fusion and re-ranker;
-        ``users`` is a DataFrame or a list of validated request rows (dicts)."""
+        ``users`` is a DataFrame or a list of validated request rows (dicts). ``as_columns``
+        returns the answer as ``{column: array}`` (:meth:`Recommender.ranked_columns`)."""
         if not isinstance(users, pd.DataFrame):
             users = users_frame(self.fields, users)
-        return served.recommender.recommend(
-            users, candidates, k=k, fusion=self.fusion, reranker=self.reranker
-        )
+        rec = served.recommender
+        run = rec.ranked_columns if as_columns else rec.recommend
+        return run(users, candidates, k=k, fusion=self.fusion, reranker=self.reranker)
 
     def remember_probe(self, users: pd.DataFrame | list[dict], candidates: list) -> None:
         """Keep one answered request; a new model must answer it before it is swapped in."""
