@@ -126,10 +126,12 @@ class ModelSlot:
     def swap(self, source: str | os.PathLike | Any) -> ServedModel:
         """Load ``source``, check it, then make it the current model.
 
-        The check: the checkpoint loads, the :class:`Recommender` accepts the catalog, the
-        model needs exactly the current request fields, and (once a request has been served)
-        it answers the last request seen with finite scores. Requests that already hold the
-        old model finish on it.
+        The check: the checkpoint loads, the :class:`Recommender` accepts the catalog (and,
+        with fast scoring, encodes it), the model needs exactly the current request fields,
+        and (once a request has been served) it answers the last request seen with finite
+        scores, which also warms up its first forward pass. Requests that already hold the old
+        model finish on it; the swap yields the GIL between its phases, so request threads
+        keep running while it loads.
 
         Raises:
             SwapError: naming what failed; the old model keeps serving.
@@ -147,6 +149,7 @@ class ModelSlot:
                     f"{sorted(old.keys() - got.keys())}, changed type {changed}; serve it from "
                     "a new service"
                 )
+            time.sleep(0)  # let waiting request threads run between the swap's phases
             self._check_probe(new)
             self._current = new
             return new
@@ -179,6 +182,7 @@ class ModelSlot:
                     f"{type(source).__name__}"
                 )
             _check_catalog(model.schema, self.item_key)
+            time.sleep(0)  # the Recommender encodes the catalog next
             rec = Recommender(
                 model,
                 self.catalog,
