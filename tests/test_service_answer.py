@@ -46,7 +46,7 @@ def test_columns_equal_recommend_frame_and_answer():
     ids = catalog.item_id.tolist()
     cands = [ids[i : i + 12 + i] for i in range(len(users) - 1)] + [ids]  # last: every item
     frame = rec.recommend(users, cands, k=len(ids), fusion="ctcvr")
-    cols = rec.ranked_columns(users, cands, k=len(ids), fusion="ctcvr")
+    cols = rec._ranked_columns(users, cands, k=len(ids), fusion="ctcvr")
     pd.testing.assert_frame_equal(pd.DataFrame(cols), frame, check_exact=True)
     rows = [{"user_id": int(u)} for u in users.user_id]
     a, b = _answer(frame, rows, _Served(rec)), _answer(cols, rows, _Served(rec))
@@ -67,7 +67,7 @@ def test_batcher_splits_column_answers_like_frames():
             gate.wait(10)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                how = rec.ranked_columns if as_columns else rec.recommend
+                how = rec._ranked_columns if as_columns else rec.recommend
                 return how(pd.concat(u, ignore_index=True), candidates, k=k)
 
         batcher = Batcher(run, max_batch_users=16)

@@ -221,10 +221,10 @@ class Recommender:
             ``category`` when known.
         """
         return pd.DataFrame(
-            self.ranked_columns(users, candidates, k, fusion, reranker, user_category_pref)
+            self._ranked_columns(users, candidates, k, fusion, reranker, user_category_pref)
         )
 
-    def ranked_columns(
+    def _ranked_columns(
         self,
         users: pd.DataFrame,
         candidates: Any = None,

@@ -111,11 +111,11 @@ class ModelSlot:
     ) -> pd.DataFrame | dict[str, Any]:
         """``served.recommender.recommend`` with the service's fusion and re-ranker;
         ``users`` is a DataFrame or a list of validated request rows (dicts). ``as_columns``
-        returns the answer as ``{column: array}`` (:meth:`Recommender.ranked_columns`)."""
+        returns the answer as ``{column: array}`` (the columns of the ``recommend`` frame)."""
         if not isinstance(users, pd.DataFrame):
             users = users_frame(self.fields, users)
         rec = served.recommender
-        run = rec.ranked_columns if as_columns else rec.recommend
+        run = rec._ranked_columns if as_columns else rec.recommend
         return run(users, candidates, k=k, fusion=self.fusion, reranker=self.reranker)
 
     def remember_probe(self, users: pd.DataFrame | list[dict], candidates: list) -> None:
