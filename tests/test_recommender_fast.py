@@ -192,7 +192,7 @@ def test_crossed_entity_falls_back_to_pair_frame(data):
 
 def test_concurrent_calls_match_sequential(model, data):
     _, catalog, users = data
-    rec = rm.Recommender(model, catalog)  # catalog encoded by the first of the racing threads
+    rec = rm.Recommender(model, catalog)  # catalog encoded at construction, then only read
     ids = catalog.item_id.tolist()
     jobs = [
         (users.iloc[i : i + 2].reset_index(drop=True), ids[i * 7 : i * 7 + 40]) for i in range(5)

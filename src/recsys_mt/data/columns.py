@@ -19,9 +19,14 @@ def _numbers(col: pd.Series, what: str) -> np.ndarray:
     if not numeric or pd.api.types.is_complex_dtype(dtype):
         raise SchemaError(f"{what} has dtype {dtype}; expected real numbers")
     x = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    check_no_inf(x, what)
+    return x
+
+
+def check_no_inf(x: np.ndarray, what: str) -> None:
+    """Refuse float64 values holding inf, naming the first row."""
     if np.isinf(x).any():
         raise SchemaError(f"{what} holds inf at row {int(np.isinf(x).argmax())}")
-    return x
 
 
 def _check_float32(x: np.ndarray, what: str, stage: str) -> None:
@@ -39,7 +44,12 @@ def dense_values(df: pd.DataFrame, f: Dense, stats: dict[str, float] | None) -> 
     """float64 ``[N]`` encoding of a :class:`Dense` feature; ``stats`` ``None`` returns the
     values statistics are fit on (NaN kept unless ``nan="zero"``)."""
     what = f"dense column {f.column!r}"
-    x = _numbers(df[f.column], what)
+    return dense_array(_numbers(df[f.column], what), f, stats)
+
+
+def dense_array(x: np.ndarray, f: Dense, stats: dict[str, float] | None) -> np.ndarray:
+    """:func:`dense_values` of the column's float64 values ``x`` (NaN for missing, no inf)."""
+    what = f"dense column {f.column!r}"
     nan = np.isnan(x)
     if nan.any() and f.nan == "error":
         raise SchemaError(

@@ -16,17 +16,20 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..data.features import OOV_ID, PAD_ID
+from ..data.features import OOV_ID, PAD_ID, Dense, Sequence, Sparse
 from ..data.frame import TensorFrame
 from ..data.frame_layout import encode_rows, encoded_parts
 from ..data.vocab import warn_oov
+from .user_encoding import UserRowEncoder
 
 
 class PairEncoder:
     """Builds the encoded ``[P]`` frame of P (user, catalog row) pairs without a pair DataFrame.
 
-    The catalog side is encoded once, on first use, under a lock (then only read, so one
-    encoder serves concurrent calls); the users side once per call. :meth:`encode` returns
+    The catalog side is encoded once, at construction (or, when that needs a user row, on
+    first use under a lock; then only read, so one encoder serves concurrent calls); the users
+    side once per call, by a :class:`~recsys_mt.serving.user_encoding.UserRowEncoder` when the
+    rows allow it, else by ``Schema.transform``. :meth:`encode` returns
     ``None`` whenever it cannot give exactly the pair frame's tensors (see :attr:`reason`, or
     a call whose users frame ``Schema.transform`` refuses), and the caller then encodes the pair
     frame itself, which also raises the usual errors.
@@ -39,9 +42,10 @@ class PairEncoder:
     Args:
         model: the model whose ``schema`` and ``encoders`` decide what can be gathered.
         catalog: the catalog, one row per item, index ``0 .. M-1``.
+        fast_users: encode common user rows with plain numpy calls (the same tensors).
     """
 
-    def __init__(self, model: Any, catalog: pd.DataFrame):
+    def __init__(self, model: Any, catalog: pd.DataFrame, fast_users: bool = True):
         self.schema = model.schema
         self.catalog = catalog
         self.reason = self._unsupported(model)
@@ -65,6 +69,18 @@ class PairEncoder:
         self._lock = threading.Lock()
         self._items: dict[str, Tensor] | None = None
         self._item_oov: dict[str, tuple[int, float]] = {}
+        self._widths: dict[str, tuple[int, torch.dtype]] = {}
+        self._fast = (
+            UserRowEncoder(self.schema, self._user_parts, self._user_cols) if fast_users else None
+        )
+        self._meta = {
+            "sparse": [f.name for f in self.schema.sparse],
+            "dense": self.schema.dense_columns,
+            "tasks": self.schema.task_names,
+            "texts": {},
+        }
+        if self.reason is None:
+            self._catalog_tensors(None)  # with filler user columns, when they allow it
 
     def _unsupported(self, model: Any) -> str | None:
         if not self.schema.features:
@@ -90,57 +106,112 @@ class PairEncoder:
         """
         if self.reason is not None or any(c not in users.columns for c in self._user_cols):
             return None
-        try:
-            side = {c: users[c].array for c in self._user_cols}
-            zeros = np.zeros(len(users), dtype=np.intp)
-            side.update({c: v.take(zeros) for c, v in self._fill.items()})
-            user_frame = encode_rows(self.schema, pd.DataFrame(side, copy=False))
-        except Exception:  # the pair frame raises the same problem, with its usual message
-            return None
+        fast = self._fast.encode(users) if self._fast is not None else None
+        if fast is not None:
+            user_side, seq_oov = fast
+        else:
+            try:
+                side = {c: users[c].array for c in self._user_cols}
+                zeros = np.zeros(len(users), dtype=np.intp)
+                side.update({c: v.take(zeros) for c, v in self._fill.items()})
+                user_frame = encode_rows(self.schema, pd.DataFrame(side, copy=False))
+            except Exception:  # the pair frame raises the same problem, with its usual message
+                return None
+            user_side = _owned(user_frame, self._user_parts)
+            seq_oov = {
+                f.name: (
+                    user_frame.meta["oov_counts"][f.name],
+                    user_frame.meta["oov_rates"][f.name],
+                )
+                for f in self.schema.sequences
+            }
         items = self._catalog_tensors(users)
         if items is None:
             return None
-        tensors = self._assemble(user_frame, items, rows_u, rows_c)
-        meta = dict(user_frame.meta)
-        meta["oov_counts"], meta["oov_rates"] = self._oov_stats(user_frame, tensors)
+        tensors = self._assemble(user_side, items, rows_u, rows_c)
+        meta = {k: (list(v) if isinstance(v, list) else dict(v)) for k, v in self._meta.items()}
+        meta["oov_counts"], meta["oov_rates"] = self._oov_stats(seq_oov, tensors)
         warn_oov(meta["oov_rates"], self.schema.oov_warn_rate)
         return TensorFrame(tensors, meta)
 
-    def _catalog_tensors(self, users: pd.DataFrame) -> dict[str, Tensor] | None:
-        """The catalog-owned slices ``{key: [M, ...]}``, encoded on first use (users row 0 fills
-        the user columns, whose slices are dropped); ``None`` if the catalog cannot be encoded
-        as a whole (then every call encodes pairs, and only rows a call uses are checked)."""
+    def _catalog_tensors(self, users: pd.DataFrame | None) -> dict[str, Tensor] | None:
+        """The catalog-owned slices ``{key: [M, ...]}``, encoded once (filler values stand in
+        for the user columns, whose slices are dropped: empty lists for sequence columns, else
+        users row 0, or zeros before any call); ``None`` if the catalog cannot be encoded as a
+        whole (then every call encodes pairs, and only rows a call uses are checked). Without
+        ``users`` a failure leaves the encoding to the first call."""
         if self._items is not None:  # built once, then only read
             return self._items
         with self._lock:
             if self._items is None and self.reason is None:
-                fill = users.iloc[[0] * len(self.catalog)][self._user_cols]
-                side = pd.concat(
-                    [self.catalog[self._item_cols], fill.reset_index(drop=True)], axis=1
-                )
                 try:
+                    fill = self._user_filler(users)
+                    if fill is None:
+                        return None
+                    side = pd.concat(
+                        [
+                            self.catalog[self._item_cols],
+                            pd.DataFrame(fill, index=self.catalog.index),
+                        ],
+                        axis=1,
+                    )
                     frame = encode_rows(self.schema, side)
                 except Exception:
-                    self.reason = "the catalog as a whole does not encode"
+                    if users is not None:
+                        self.reason = "the catalog as a whole does not encode"
                     return None
-                self._items = _owned(frame, self._item_parts)
+                self._widths = {
+                    key: (frame[key].shape[1], frame[key].dtype)
+                    for key in ("sparse", "dense")
+                    if key in frame
+                }
                 seqs = {p.feature for p in self._item_parts if p.key.startswith("seq/")}
                 self._item_oov = {
                     name: (frame.meta["oov_counts"][name], frame.meta["oov_rates"][name])
                     for name in seqs
                 }
+                self._items = _owned(frame, self._item_parts)
             return self._items
 
+    def _user_filler(self, users: pd.DataFrame | None) -> dict[str, Any] | None:
+        """``{user column: M values}`` that encode without error, or ``None`` when only a
+        user row can provide them (``users`` is ``None``)."""
+        m = len(self.catalog)
+        readers: dict[str, list] = {}
+        for f in self.schema.features:
+            for c in f.input_columns:
+                readers.setdefault(c, []).append(f)
+        fill: dict[str, Any] = {}
+        for c in self._user_cols:
+            kinds = {type(f) for f in readers.get(c, [])}
+            if kinds == {Sequence}:  # an empty list fits every vocabulary
+                fill[c] = pd.Series([None] * m, dtype=object, index=self.catalog.index)
+            elif users is not None:
+                fill[c] = users[c].array.take(np.zeros(m, dtype=np.intp))
+            elif (
+                kinds
+                and kinds <= {Sparse, Dense}
+                and all(
+                    self.schema.vocabularies_[f.name].kind == "int"
+                    for f in readers[c]
+                    if isinstance(f, Sparse)
+                )
+            ):
+                fill[c] = np.zeros(m, dtype=np.int64)
+            else:
+                return None
+        return fill
+
     def _assemble(
-        self, user_frame: TensorFrame, items: dict[str, Tensor], rows_u: Tensor, rows_c: Tensor
+        self,
+        users: dict[str, Tensor],
+        items: dict[str, Tensor],
+        rows_u: Tensor,
+        rows_c: Tensor,
     ) -> dict[str, Tensor]:
-        users = _owned(user_frame, self._user_parts)
         out: dict[str, Tensor] = {}
-        for key in ("sparse", "dense"):
-            if key not in user_frame:
-                continue
-            full = user_frame[key]
-            block = torch.empty(len(rows_u), full.shape[1], dtype=full.dtype)
+        for key, (width, dtype) in self._widths.items():
+            block = torch.empty(len(rows_u), width, dtype=dtype)
             for side, parts, rows in (
                 (users, self._user_parts, rows_u),
                 (items, self._item_parts, rows_c),
@@ -159,7 +230,7 @@ class PairEncoder:
         return out
 
     def _oov_stats(
-        self, user_frame: TensorFrame, tensors: dict[str, Tensor]
+        self, user_seq_oov: dict[str, tuple], tensors: dict[str, Tensor]
     ) -> tuple[dict[str, int], dict[str, float]]:
         """``(oov_counts, oov_rates)``: per sparse feature over the pairs, as the pair frame
         counts them; per sequence feature over the owning side's rows (each user once, or the
@@ -175,8 +246,7 @@ class PairEncoder:
             if f.name in self._item_oov:
                 counts[f.name], rates[f.name] = self._item_oov[f.name]
             else:
-                counts[f.name] = user_frame.meta["oov_counts"][f.name]
-                rates[f.name] = user_frame.meta["oov_rates"][f.name]
+                counts[f.name], rates[f.name] = user_seq_oov[f.name]
         return counts, rates
 
 

@@ -78,6 +78,14 @@ class Recommender:
             else None
         )
         self._vectors = self._item_vectors(item_vectors)
+        # per-call lookups read these arrays, taken from the catalog once
+        self._item_ids = self.catalog[item_key].to_numpy()
+        self._category_values = None if category is None else self.catalog[category].to_numpy()
+        self._numeric = {
+            col: _float_tensor(self.catalog[col])
+            for col in self.catalog.columns
+            if pd.api.types.is_numeric_dtype(self.catalog[col]) and col != item_key
+        }
         self._pairs = PairEncoder(self.model, self.catalog) if fast_scoring else None
 
     def _item_vectors(self, item_vectors) -> Tensor | None:
@@ -212,6 +220,21 @@ class Recommender:
             ``rank`` (1-based), ``item``, ``score`` (fused), each predicted objective, and
             ``category`` when known.
         """
+        return pd.DataFrame(
+            self._ranked_columns(users, candidates, k, fusion, reranker, user_category_pref)
+        )
+
+    def _ranked_columns(
+        self,
+        users: pd.DataFrame,
+        candidates: Any = None,
+        k: int = 10,
+        fusion: FusionFn | str | None = None,
+        reranker: Reranker | None = None,
+        user_category_pref: Tensor | None = None,
+    ) -> dict[str, np.ndarray]:
+        """:meth:`recommend`'s answer as ``{column: numpy array}`` (``pd.DataFrame`` of it is
+        the :meth:`recommend` frame), for callers that read the columns without a frame."""
         if not isinstance(users, pd.DataFrame) or len(users) == 0:
             raise ValueError("users must be a non-empty DataFrame, one row per user")
         if k < 1:
@@ -219,13 +242,10 @@ class Recommender:
         users = users.reset_index(drop=True)
         positions, mask = self._candidate_positions(candidates, len(users))
         objectives = self.score(users, positions, mask)
-        for col in self.catalog.columns:
-            if (
-                col not in objectives
-                and pd.api.types.is_numeric_dtype(self.catalog[col])
-                and (col != self.item_key)
-            ):
-                values = torch.as_tensor(self.catalog[col].to_numpy(np.float32))
+        for col, values in self._numeric.items():
+            if col not in objectives:
+                if values is None:  # raises the column's conversion error, as every call does
+                    values = torch.as_tensor(self.catalog[col].to_numpy(np.float32))
                 objectives[col] = values[positions]
         scores = self._fuse(objectives, fusion)
         self._check_scores(scores, mask, positions, objectives)
@@ -242,7 +262,7 @@ class Recommender:
                 chosen = relevance_order(scores, k, mask=mask)
             else:
                 chosen = reranker(scores, k, mask=mask, **extra)
-        return self._to_frame(users, positions, chosen, scores, objectives)
+        return self._columns(users, positions, chosen, scores, objectives)
 
     def recommend_stream(
         self,
@@ -309,7 +329,7 @@ class Recommender:
             return objectives[fusion].float()
         return torch.as_tensor(fusion(objectives)).float()
 
-    def _to_frame(self, users, positions, chosen, scores, objectives) -> pd.DataFrame:
+    def _columns(self, users, positions, chosen, scores, objectives) -> dict[str, np.ndarray]:
         valid = chosen != PAD
         item_pos = gather_selected(positions, chosen)  # [B, k] catalog rows
         b_idx, slot = torch.nonzero(valid, as_tuple=True)
@@ -318,14 +338,14 @@ class Recommender:
         out = {
             "user": who,
             "rank": slot.numpy() + 1,
-            "item": self.catalog[self.item_key].to_numpy()[cat_rows],
+            "item": self._item_ids[cat_rows],
             "score": gather_selected(scores, chosen)[b_idx, slot].numpy(),
         }
         for name in self.model.predict_columns():
             out[name] = gather_selected(objectives[name], chosen)[b_idx, slot].numpy()
-        if self.category is not None:
-            out["category"] = self.catalog[self.category].to_numpy()[cat_rows]
-        return pd.DataFrame(out)
+        if self._category_values is not None:
+            out["category"] = self._category_values[cat_rows]
+        return out
 
 
 def as_id_array(items: list) -> Any:
@@ -336,6 +356,14 @@ def as_id_array(items: list) -> Any:
     except (OverflowError, ValueError, TypeError):
         return items
     return values if values.dtype.kind in "iu" and values.ndim == 1 else items
+
+
+def _float_tensor(column: pd.Series) -> Tensor | None:
+    """float32 values of a numeric catalog column (``None`` when they do not convert)."""
+    try:
+        return torch.from_numpy(np.array(column.to_numpy(np.float32)))  # a writable copy
+    except (TypeError, ValueError):
+        return None
 
 
 def _depth(tasks, name: str) -> int:

@@ -10,6 +10,7 @@ from its annotation, a local of :func:`create_app`.)
 """
 
 import asyncio
+import functools
 import hmac
 import os
 from contextlib import asynccontextmanager
@@ -121,7 +122,7 @@ def create_app(
         model, catalog, item_key=item_key, category=category, fusion=fusion, reranker=reranker
     )
     batcher = Batcher(
-        slot.recommend,
+        functools.partial(slot.recommend, as_columns=True),  # answers read as columns
         max_batch_users=max_batch_users,
         workers=workers,
         on_success=slot.remember_probe,
@@ -218,13 +219,14 @@ def create_app(
     return app
 
 
-def _answer(out: pd.DataFrame, rows: list[dict], served: Any) -> dict:
-    """JSON body: per user (request order) the ranked items with score and probabilities."""
+def _answer(out: pd.DataFrame | dict[str, np.ndarray], rows: list[dict], served: Any) -> dict:
+    """JSON body: per user (request order) the ranked items with score and probabilities;
+    ``out`` is the :meth:`Recommender.recommend` frame or its ``{column: array}`` form."""
     columns = list(served.recommender.model.predict_columns())
-    cols = {c: out[c].tolist() for c in out.columns if c != "user"}
+    cols = {c: _plain(out[c]) for c in out if c != "user"}
     has_category = "category" in cols
     results: list[dict] = []
-    for i in range(len(out)):
+    for i in range(len(cols["rank"])):
         if cols["rank"][i] == 1:
             b = len(results)
             results.append({"user": rows[b].get("user_id", b), "items": []})
@@ -238,3 +240,11 @@ def _answer(out: pd.DataFrame, rows: list[dict], served: Any) -> dict:
             item["category"] = cols["category"][i]
         results[-1]["items"].append(item)
     return {"model_version": served.version, "results": results}
+
+
+def _plain(values: pd.Series | np.ndarray) -> list:
+    """A column's values as Python objects, as the answer frame's column gives them (object
+    arrays go through the same pandas inference, e.g. str with NaN for missing)."""
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return values.tolist()
+    return pd.Series(values).tolist() if isinstance(values, np.ndarray) else values.tolist()

@@ -18,11 +18,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["Batcher"]
 
-RunFn = Callable[[Any, Any, list, int], pd.DataFrame]
+RunFn = Callable[[Any, Any, list, int], Any]
 
 
 @dataclass
@@ -38,8 +39,9 @@ class Batcher:
     """Worker threads answering queued requests in batches.
 
     Args:
-        run: ``run(served, users, candidates, k) -> DataFrame`` in the
-            :meth:`Recommender.recommend` format (rows grouped by user, ``rank`` from 1);
+        run: ``run(served, users, candidates, k)`` giving a DataFrame in the
+            :meth:`Recommender.recommend` format (rows grouped by user, ``rank`` from 1) or
+            the same as ``{column: numpy array}`` (each request then gets its rows as such);
             ``users`` is ``B`` user rows (the submitted DataFrames concatenated, or the
             submitted lists of row dicts joined), ``candidates`` ``B`` lists.
         max_batch_users: most users scored in one call (a larger single request still runs
@@ -147,7 +149,7 @@ class Batcher:
                 jobs[0].future.set_exception(e)
             return
         # rows come grouped by user in input order, each user's list starting at rank 1
-        row = (out["rank"].to_numpy() == 1).cumsum() - 1
+        row = (np.asarray(out["rank"]) == 1).cumsum() - 1
         if len(jobs) > 1 and int(row[-1] if len(row) else -1) != len(users) - 1:
             for j in jobs:  # a user without any row: split by answering one request at a time
                 self._answer([j])
@@ -160,6 +162,12 @@ class Batcher:
         start = 0
         for j in jobs:
             stop = start + len(j.users)
-            part = out[(row >= start) & (row < stop)].reset_index(drop=True)
-            j.future.set_result(part)
+            j.future.set_result(_rows(out, (row >= start) & (row < stop)))
             start = stop
+
+
+def _rows(out: Any, keep: np.ndarray) -> Any:
+    """The kept rows of an answer: a DataFrame (index reset) or ``{column: array}``."""
+    if isinstance(out, pd.DataFrame):
+        return out[keep].reset_index(drop=True)
+    return {name: values[keep] for name, values in out.items()}

@@ -101,15 +101,22 @@ class ModelSlot:
         return self._current
 
     def recommend(
-        self, served: ServedModel, users: pd.DataFrame | list[dict], candidates: list, k: int
-    ) -> pd.DataFrame:
+        self,
+        served: ServedModel,
+        users: pd.DataFrame | list[dict],
+        candidates: list,
+        k: int,
+        *,
+        as_columns: bool = False,
+    ) -> pd.DataFrame | dict[str, Any]:
         """``served.recommender.recommend`` with the service's fusion and re-ranker;
-        ``users`` is a DataFrame or a list of validated request rows (dicts)."""
+        ``users`` is a DataFrame or a list of validated request rows (dicts). ``as_columns``
+        returns the answer as ``{column: array}`` (the columns of the ``recommend`` frame)."""
         if not isinstance(users, pd.DataFrame):
             users = users_frame(self.fields, users)
-        return served.recommender.recommend(
-            users, candidates, k=k, fusion=self.fusion, reranker=self.reranker
-        )
+        rec = served.recommender
+        run = rec._ranked_columns if as_columns else rec.recommend
+        return run(users, candidates, k=k, fusion=self.fusion, reranker=self.reranker)
 
     def remember_probe(self, users: pd.DataFrame | list[dict], candidates: list) -> None:
         """Keep one answered request; a new model must answer it before it is swapped in."""
@@ -119,10 +126,12 @@ class ModelSlot:
     def swap(self, source: str | os.PathLike | Any) -> ServedModel:
         """Load ``source``, check it, then make it the current model.
 
-        The check: the checkpoint loads, the :class:`Recommender` accepts the catalog, the
-        model needs exactly the current request fields, and (once a request has been served)
-        it answers the last request seen with finite scores. Requests that already hold the
-        old model finish on it.
+        The check: the checkpoint loads, the :class:`Recommender` accepts the catalog (and,
+        with fast scoring, encodes it), the model needs exactly the current request fields,
+        and (once a request has been served) it answers the last request seen with finite
+        scores, which also warms up its first forward pass. Requests that already hold the old
+        model finish on it; the swap yields the GIL between its phases, so request threads
+        keep running while it loads.
 
         Raises:
             SwapError: naming what failed; the old model keeps serving.
@@ -140,6 +149,7 @@ class ModelSlot:
                     f"{sorted(old.keys() - got.keys())}, changed type {changed}; serve it from "
                     "a new service"
                 )
+            time.sleep(0)  # let waiting request threads run between the swap's phases
             self._check_probe(new)
             self._current = new
             return new
@@ -172,6 +182,7 @@ class ModelSlot:
                     f"{type(source).__name__}"
                 )
             _check_catalog(model.schema, self.item_key)
+            time.sleep(0)  # the Recommender encodes the catalog next
             rec = Recommender(
                 model,
                 self.catalog,
