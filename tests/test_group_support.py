@@ -120,3 +120,18 @@ def test_missing_group_column_is_named():
     s = rm.Schema([rm.Sparse("item_id")], group="user_id", min_groups=2)
     with pytest.raises(SchemaError, match="user_id"):
         s.fit(df)
+
+
+def test_a_feature_a_text_is_keyed_on_keeps_every_value():
+    df = frame().assign(title=lambda d: "title of " + d["item_id"])
+    s = rm.Schema(
+        [
+            rm.Sparse("user_id"),
+            rm.Sparse("item_id"),
+            rm.Sparse("zip"),
+            rm.Text("title", key="item_id"),
+        ],
+        min_groups=3,
+    ).fit(df)
+    assert s.vocabulary("item_id") == ["wide", "alias", "pair"]  # texts are looked up by id
+    assert s.vocabulary("zip") == ["z1"]  # still filtered

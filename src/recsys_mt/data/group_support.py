@@ -10,8 +10,9 @@ as a value seen fewer than ``min_freq`` times does.
 
 The count is of distinct values of the schema's ``group`` column (``"auto"``: the ``user_id``
 feature), taken over the fit rows, negatives included; rows whose group is missing do not
-count. The group column's own feature, hashed features and sequences with their own vocabulary
-are not filtered. ``min_freq`` and ``max_vocab`` apply to the values that remain.
+count. The group column's own feature, hashed features, features a :class:`~recsys_mt.data.Text` is
+keyed on (``Text(key=…)``: the text is looked up by the id) and sequences with their own
+vocabulary are not filtered. ``min_freq`` and ``max_vocab`` apply to the values that remain.
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ __all__ = [
 
 
 def supported_features(schema: Any) -> list[Sparse]:
-    """The Sparse features ``schema.min_groups`` filters (none when it is off or has no group)."""
+    """The Sparse features ``schema.min_groups`` filters (none when it is off or has no group):
+    all but the group column's own, hashed ones and those a :class:`Text` is keyed on (an
+    item's text is looked up by its id, and a rare item needs its text most)."""
     k, group = getattr(schema, "min_groups", None), schema.group
     if k is None or k <= 1 or group is None:
         return []
-    return [f for f in schema.sparse if f.column != group and not is_hashed(f)]
+    keys = {t.key for t in schema.texts if t.key is not None}
+    return [
+        f for f in schema.sparse if f.column != group and not is_hashed(f) and f.name not in keys
+    ]
 
 
 def group_support(values: np.ndarray, missing: np.ndarray, groups: pd.Series) -> pd.Series:
