@@ -150,7 +150,8 @@ def make_schema() -> rm.Schema:
             rm.Text("query"),
         ],
         tasks=[rm.Task("ctr", "click"), rm.Task("cvr", "purchase", given="ctr")],
-        group="request",
+        group="request",  # GAUC per query
+        min_groups=None,  # the group is a request, not a user: no alias filter by requests
     )
 
 

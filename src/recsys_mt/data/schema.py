@@ -71,7 +71,8 @@ class Schema:
             (users); rarer values map to the OOV id. A value seen with one or two users is an
             alias of them, and its embedding would hand their taste to every other user who
             shares it (see ``recsys_mt.data.group_support``). ``None`` or 1 disables it, as
-            does ``group=None``.
+            does ``group=None``. With a ``group`` that is not the user (a request or query id,
+            for GAUC per query), set it to suit, or ``None``.
 
     Secret keys of :class:`Sparse` features (``hash_key``) are never saved: pass them again to
     :meth:`from_json` (``keys=``).
