@@ -135,3 +135,10 @@ def test_a_feature_a_text_is_keyed_on_keeps_every_value():
     ).fit(df)
     assert s.vocabulary("item_id") == ["wide", "alias", "pair"]  # texts are looked up by id
     assert s.vocabulary("zip") == ["z1"]  # still filtered
+
+
+def test_oov_warning_names_the_group_filter():
+    s = schema(min_groups=3).fit(frame())
+    new = frame().assign(user_id=pd.array([1] * 10, dtype="Int64"))
+    with pytest.warns(rm.OOVWarning, match=r"Values of \['item_id'\] seen with fewer than"):
+        s.transform(new)

@@ -339,7 +339,8 @@ class Schema:
         labels needed); a ``UserWarning`` flags the frame they were fit on (target leakage).
         """
         frame = self._transform(df, labels, None)
-        warn_oov(frame.meta["oov_rates"], self.oov_warn_rate)
+        filtered = [f.name for f in supported_features(self)]
+        warn_oov(frame.meta["oov_rates"], self.oov_warn_rate, filtered)
         return frame
 
     def _transform(self, df: pd.DataFrame, labels: bool | str, funnel: np.ndarray | None):

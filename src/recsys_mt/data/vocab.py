@@ -7,6 +7,7 @@ to ids by a :class:`_Vocab` (0 missing, 1 OOV, 2.. known values or hash buckets)
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -212,15 +213,25 @@ def oov_stats(ids: np.ndarray, missing: np.ndarray) -> tuple[int, float]:
     return oov, oov / seen if seen else 0.0
 
 
-def warn_oov(rates: dict[str, float], limit: float | None) -> None:
-    """One :class:`OOVWarning` naming the features whose OOV share is above ``limit``."""
+def warn_oov(
+    rates: dict[str, float], limit: float | None, group_filtered: Iterable[str] = ()
+) -> None:
+    """One :class:`OOVWarning` naming the features whose OOV share is above ``limit``;
+    ``group_filtered``: features whose rare values ``Schema(min_groups=…)`` maps to OOV."""
     high = {k: r for k, r in rates.items() if limit is not None and r > limit}
     if high:
         shares = ", ".join(f"{k} {r:.0%}" for k, r in high.items())
+        filtered = [k for k in high if k in set(group_filtered)]
+        why = (
+            f" Values of {filtered} seen with fewer than Schema(min_groups=…) distinct groups "
+            "at fit are OOV too (set min_groups lower or None for small data)."
+            if filtered
+            else ""
+        )
         warnings.warn(
             f"Schema.transform: out-of-vocabulary share above oov_warn_rate={limit:g} for "
             f"feature(s) {list(high)} ({shares}); these values all map to the OOV id 1. New ids, "
-            "or a column encoded differently from the fit frame? Counts are in "
+            f"or a column encoded differently from the fit frame?{why} Counts are in "
             "frame.meta['oov_counts']; Schema(oov_warn_rate=None) silences this.",
             OOVWarning,
             stacklevel=3,

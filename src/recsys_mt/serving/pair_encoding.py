@@ -19,6 +19,7 @@ from torch import Tensor
 from ..data.features import OOV_ID, PAD_ID, Dense, Sequence, Sparse
 from ..data.frame import TensorFrame
 from ..data.frame_layout import encode_rows, encoded_parts
+from ..data.group_support import supported_features
 from ..data.vocab import warn_oov
 from .user_encoding import UserRowEncoder
 
@@ -131,7 +132,8 @@ class PairEncoder:
         tensors = self._assemble(user_side, items, rows_u, rows_c)
         meta = {k: (list(v) if isinstance(v, list) else dict(v)) for k, v in self._meta.items()}
         meta["oov_counts"], meta["oov_rates"] = self._oov_stats(seq_oov, tensors)
-        warn_oov(meta["oov_rates"], self.schema.oov_warn_rate)
+        filtered = [f.name for f in supported_features(self.schema)]
+        warn_oov(meta["oov_rates"], self.schema.oov_warn_rate, filtered)
         return TensorFrame(tensors, meta)
 
     def _catalog_tensors(self, users: pd.DataFrame | None) -> dict[str, Tensor] | None:
