@@ -48,6 +48,7 @@ class PairEncoder:
 
     def __init__(self, model: Any, catalog: pd.DataFrame, fast_users: bool = True):
         self.schema = model.schema
+        self._group_filtered = [f.name for f in supported_features(self.schema)]
         self.catalog = catalog
         self.reason = self._unsupported(model)
         owned = set(catalog.columns)
@@ -132,8 +133,7 @@ class PairEncoder:
         tensors = self._assemble(user_side, items, rows_u, rows_c)
         meta = {k: (list(v) if isinstance(v, list) else dict(v)) for k, v in self._meta.items()}
         meta["oov_counts"], meta["oov_rates"] = self._oov_stats(seq_oov, tensors)
-        filtered = [f.name for f in supported_features(self.schema)]
-        warn_oov(meta["oov_rates"], self.schema.oov_warn_rate, filtered)
+        warn_oov(meta["oov_rates"], self.schema.oov_warn_rate, self._group_filtered)
         return TensorFrame(tensors, meta)
 
     def _catalog_tensors(self, users: pd.DataFrame | None) -> dict[str, Tensor] | None:
