@@ -71,6 +71,13 @@ class IDEmbedding(Encoder):
             With sparse gradients a row is only updated in batches that contain it, so rare
             ids get few steps; a larger rate (10–30) often converges faster in the first
             epochs.
+        match_unseen: before training (:meth:`before_fit`, called by the Trainer), raise each
+            feature's dropout to the share of the validation rows whose value of it is unseen
+            in training, net of the share already unseen in the training rows (see
+            :mod:`~recsys_mt.encoders.unseen_rates`), at most 0.9. With a temporal split most
+            validation users are new, and the "unknown user" row is then trained on as many
+            rows as it will serve; with a random split the rates stay at ``id_dropout``.
+            Without a validation frame nothing changes.
 
     With sparse gradients on (the Trainer's default on one device), only the rows a batch
     touches receive gradients and optimizer updates.
@@ -84,6 +91,7 @@ class IDEmbedding(Encoder):
         interactions: bool = False,
         lr_scale: float = 1.0,
         id_dropout: float = 0.1,
+        match_unseen: bool = True,
     ):
         super().__init__()
         bad = [p for p in sequence_pooling if p not in POOLINGS]
@@ -99,6 +107,10 @@ class IDEmbedding(Encoder):
         if not 0.0 <= id_dropout < 1.0:
             raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
         self.id_dropout = float(id_dropout)
+        self.match_unseen = bool(match_unseen)
+        self.dropout_rates: dict[str, float] = {}
+        """Per-feature rates set by :meth:`before_fit` (features absent: ``id_dropout``)."""
+        self._sparse_rate_cache: Tensor | None = None
         self.sparse_grad = False
 
     def build(self, schema: Any) -> None:
@@ -108,6 +120,7 @@ class IDEmbedding(Encoder):
         if names is None:
             names = [f.name for f in schema.features if isinstance(f, (Sparse, Sequence))]
         sparse_names = [f.name for f in schema.sparse]
+        self._names, self._sparse_names = list(names), sparse_names
         for n in names:
             if not isinstance(schema.feature(n), (Sparse, Sequence)):
                 raise ValueError(f"IDEmbedding: feature {n!r} is not a Sparse or Sequence feature")
@@ -176,18 +189,53 @@ class IDEmbedding(Encoder):
             return row_sparse_embedding(self._table(dim), ids)
         return F.embedding(ids, self._table(dim))
 
-    def _drop_ids(self, ids: Tensor) -> Tensor:
-        """Known ids (>= 2) replaced by ``OOV_ID`` with probability ``id_dropout`` (training)."""
-        if not (self.id_dropout and self.training):
+    def _rate(self, name: str) -> float:
+        return self.dropout_rates.get(name, self.id_dropout)
+
+    def _drop_ids(self, ids: Tensor, rate: float | Tensor) -> Tensor:
+        """Known ids (>= 2) replaced by ``OOV_ID`` with probability ``rate`` (a scalar, or a
+        ``[C]`` rate per column of a ``[B, C]`` tensor) in training."""
+        if not self.training or (isinstance(rate, float) and not rate):
             return ids
-        drop = (torch.rand(ids.shape, device=ids.device) < self.id_dropout) & (ids > OOV_ID)
+        drop = (torch.rand(ids.shape, device=ids.device) < rate) & (ids > OOV_ID)
         return ids.masked_fill(drop, OOV_ID)
+
+    def _sparse_rates(self, device: torch.device) -> float | Tensor:
+        """``id_dropout``, or the ``[n_sparse]`` rates of the batch's sparse columns."""
+        if not self.dropout_rates:
+            return self.id_dropout
+        cached = self._sparse_rate_cache
+        if cached is None or cached.device != device:
+            rates = [self._rate(n) for n in self._sparse_names]
+            cached = self._sparse_rate_cache = torch.tensor(rates, device=device)
+        return cached
+
+    def before_fit(self, train: Any | None, val: Any | None) -> None:
+        """Trainer protocol (through the model): set the per-feature dropout rates from the
+        training frame (``None`` for a streaming source) and the validation frame (see
+        ``match_unseen``). Without ``match_unseen`` or a validation frame every feature drops
+        at ``id_dropout``."""
+        from .unseen_rates import matched_dropout_rates
+
+        self.dropout_rates, self._sparse_rate_cache = {}, None
+        if not self.match_unseen or val is None:
+            return
+        columns = {}
+        for n in self._names:
+            if n in self._sparse_names:
+                c = self._sparse_names.index(n)
+                tr = train["sparse"][:, c] if train is not None else None
+                columns[n] = (tr, val["sparse"][:, c])
+            else:
+                key = f"seq/{n}"
+                columns[n] = (train[key] if train is not None else None, val[key])
+        self.dropout_rates = matched_dropout_rates(columns, floor=self.id_dropout)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         sparse = batch.get("sparse")
         if sparse is not None:
-            sparse = self._drop_ids(sparse)
-        seqs = {n: self._drop_ids(batch[f"seq/{n}"]) for n, *_ in self._seq}
+            sparse = self._drop_ids(sparse, self._sparse_rates(sparse.device))
+        seqs = {n: self._drop_ids(batch[f"seq/{n}"], self._rate(n)) for n, *_ in self._seq}
         # all ids that read one table are looked up together: one gather (and, with sparse
         # gradients, one coalesced gradient) per table per batch
         requests: dict[int, list[Tensor]] = {d: [] for d in self.dims}
@@ -300,4 +348,5 @@ class IDEmbedding(Encoder):
             "interactions": self.interactions,
             "lr_scale": self.lr_scale,
             "id_dropout": self.id_dropout,
+            "match_unseen": self.match_unseen,
         }

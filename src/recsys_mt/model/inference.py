@@ -48,6 +48,16 @@ class InferenceMixin:
         frame.meta["prepared_by"] = id(self)
         return frame
 
+    def before_fit(self, train: TensorFrame | None, val: TensorFrame | None) -> None:
+        """Trainer protocol, once before training with the prepared frames (``train`` is
+        ``None`` for a streaming source): each encoder with a ``before_fit(train, val)`` method
+        is called in turn (:class:`~recsys_mt.encoders.IDEmbedding` matches its id dropout to
+        the validation rows' unseen ids there)."""
+        for enc in self.encoders:
+            fn = getattr(enc, "before_fit", None)
+            if fn is not None:
+                fn(train, val)
+
     def _as_frame(self, data: TensorFrame | pd.DataFrame) -> TensorFrame:
         if isinstance(data, pd.DataFrame):
             data = self.schema.transform(data, labels="auto")

@@ -21,6 +21,10 @@ The trainer imports no model class. It drives any :class:`torch.nn.Module` that 
     on the training device, under :func:`torch.inference_mode`; ``frame`` is on that device
     when it fits there (see ``data_on_device``), otherwise on the CPU, and the model moves its
     batches. Returned keys are logged as ``val/<key>``.
+``before_fit(train, val) -> None`` (optional)
+    Called once in :meth:`Trainer.fit` before the first epoch, after ``prepare``, with the
+    training frame (``None`` when training from a streaming source) and the validation frame
+    (or ``None``). :class:`~recsys_mt.model.MultiTaskModel` passes them to its encoders.
 ``after_fit(val) -> None`` (optional)
     Called once at the end of :meth:`Trainer.fit`, after the callbacks' ``on_fit_end`` (so after
     :class:`~recsys_mt.train.EarlyStopping` restored the best weights), with the validation
@@ -421,6 +425,9 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
         if prepare is not None:
             train = train if streaming else prepare(train)
             val = prepare(val) if val is not None else None
+        before_fit = getattr(model, "before_fit", None)  # optional protocol
+        if before_fit is not None:
+            before_fit(None if streaming else train, val)
         val_frame = (
             place_frame(val, self.device, self.data_on_device)[0] if val is not None else None
         )
