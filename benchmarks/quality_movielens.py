@@ -193,14 +193,16 @@ def run_recsys(variant: str, data, seed: int, args):
     """A variant is a base (``defaults``, ``full``, ``full-nostats``) with optional ``+`` options:
     ``+aitm`` (the AITM head), ``+ips`` / ``+dr`` (ESCM² counterfactual CVR risk),
     ``+conditional`` (conditional supervision), e.g. ``full+aitm``; and, to measure what each
-    default brings, ``+nodrop`` (``id_dropout=0``), ``+valloss`` (early stopping on
-    ``val/loss``), ``+nocal`` (``auto_calibrate=None``); ``+stats`` / ``+allstats`` add
+    default brings, ``+nodrop`` (no id dropout), ``+nomatch`` (``match_unseen=False``: every
+    feature's id dropout at 0.1), ``+valloss`` (early stopping on ``val/loss``), ``+nocal``
+    (``auto_calibrate=None``); ``+stats`` / ``+allstats`` add
     ``FunnelStats`` of the movie / of every id column; ``+bal=<name>`` trains with a balancer of
     ``benchmarks/balancers.py`` (``pcgrad``, ``mgda``, ``mgda_ub``, ``gradnorm``, ...);
     ``+groups=<k>`` sets ``Schema(min_groups=k)`` (0: off), ``+drop=<p>`` sets
     ``IDEmbedding(id_dropout=p)`` and ``+no=<column>`` leaves an id feature out."""
     base, *options = variant.split("+")
     known = {"aitm", "ips", "dr", "conditional", "nodrop", "valloss", "nocal", "stats", "allstats"}
+    known.add("nomatch")
     known |= {f"bal={name}" for name in BALANCERS}
     unknown = sorted(
         o for o in set(options) - known if not o.startswith(("drop=", "no=", "groups="))
@@ -217,8 +219,10 @@ def run_recsys(variant: str, data, seed: int, args):
         kept = [f for f in schema.features if f.name not in removed]
         schema = rm.Schema(kept, tasks=list(schema.tasks))
     drop = next((float(o[5:]) for o in options if o.startswith("drop=")), None)
-    if "nodrop" in options or drop is not None:
-        encoders = [rm.IDEmbedding(id_dropout=drop or 0.0)] + (encoders or [])[1:]
+    if "nodrop" in options or drop is not None or "nomatch" in options:
+        rate = 0.0 if "nodrop" in options else 0.1 if drop is None else drop
+        match = not ({"nodrop", "nomatch"} & set(options))
+        encoders = [rm.IDEmbedding(id_dropout=rate, match_unseen=match)] + (encoders or [])[1:]
     groups = next((int(o[7:]) for o in options if o.startswith("groups=")), None)
     if groups is not None:
         schema = rm.Schema(schema.features, tasks=schema.tasks, min_groups=groups or None)
