@@ -156,3 +156,15 @@ def test_matched_dropout_learns_a_better_unknown_user():
         y = test_df["click"].to_numpy()[new]
         losses[match] = logloss(y, np.clip(p, 1e-6, 1 - 1e-6))
     assert losses[True] < losses[False] - 0.005, losses
+
+
+def test_streaming_training_source_counts_only_the_validation_share():
+    """From a streaming source the trainer passes ``train=None``: the training share is 0."""
+    train_df, val_df = temporal_frames(n=1000)
+    s = fitted_schema(train_df)
+    val = s.transform(val_df)
+    emb = rm.MultiTaskModel(s).encoders[0]
+    emb.before_fit(None, val)
+    share = float((val["sparse"][:, 0] == OOV_ID).float().mean())
+    assert emb.dropout_rates["user_id"] == pytest.approx(share)
+    assert emb.dropout_rates["item_id"] == 0.1
