@@ -129,6 +129,23 @@ def test_health_and_recommend_equal_recommender(world):
     assert users.age.isna().any()  # a null age was sent and filled as the model fills NaN
 
 
+def test_a_missing_category_in_the_catalog_is_json_null(world):
+    root, catalog, users = world
+    gaps = catalog.assign(category=catalog["category"].astype(float))
+    gaps.loc[gaps.index[:40], "category"] = np.nan  # the first 40 items lack a category
+    ids = gaps.item_id.tolist()
+    with TestClient(create_app(root / "v1", gaps, default_k=10)) as client:
+        r = client.post("/recommend", json=_body(users.head(2), [ids[:20], ids[30:50]]))
+    assert r.status_code == 200, r.text
+    got = {it["item"]: it["category"] for res in r.json()["results"] for it in res["items"]}
+    known = dict(zip(ids, gaps["category"]))
+    assert any(v is None for v in got.values()) and any(v is not None for v in got.values())
+    for item, cat in got.items():
+        assert (cat is None) == bool(np.isnan(known[item])), item
+        if cat is not None:
+            assert cat == known[item]
+
+
 def test_fusion_and_reranker_are_applied(world):
     root, catalog, users = world
     fusion, reranker = rm.WeightedProduct(ctr=1.0, cvr=1.0, price=1.0), rm.MMR(0.5)

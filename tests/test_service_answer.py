@@ -1,6 +1,7 @@
 """The service reads answers as ``{column: array}`` (no per-request DataFrame): the same
 values, JSON body and batch splitting as through the ``Recommender.recommend`` frame."""
 
+import json
 import threading
 import warnings
 
@@ -50,9 +51,10 @@ def test_columns_equal_recommend_frame_and_answer():
     pd.testing.assert_frame_equal(pd.DataFrame(cols), frame, check_exact=True)
     rows = [{"user_id": int(u)} for u in users.user_id]
     a, b = _answer(frame, rows, _Served(rec)), _answer(cols, rows, _Served(rec))
-    assert repr(a) == repr(b)  # the same Python objects (NaN for a missing label in both)
+    assert repr(a) == repr(b)  # the same Python objects in both
     labels = [i["category"] for r in a["results"] for i in r["items"]]
-    assert "hats" in labels and any(isinstance(v, float) for v in labels)
+    assert "hats" in labels and None in labels  # a missing label is JSON null, not NaN
+    assert "null" in json.dumps(a, allow_nan=False)
 
 
 def test_batcher_splits_column_answers_like_frames():

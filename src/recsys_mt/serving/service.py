@@ -237,9 +237,15 @@ def _answer(out: pd.DataFrame | dict[str, np.ndarray], rows: list[dict], served:
             "probabilities": {c: cols[c][i] for c in columns},
         }
         if has_category:
-            item["category"] = cols["category"][i]
+            item["category"] = _json_scalar(cols["category"][i])
         results[-1]["items"].append(item)
     return {"model_version": served.version, "results": results}
+
+
+def _json_scalar(value: Any) -> Any:
+    """A missing value (NaN, ``None``, ``pd.NA``, ``NaT``) as ``None`` (JSON ``null``): NaN is
+    not valid JSON, and a catalog may lack an item's category."""
+    return None if pd.api.types.is_scalar(value) and pd.isna(value) else value
 
 
 def _plain(values: pd.Series | np.ndarray) -> list:
