@@ -92,12 +92,12 @@ def test_trainer_sets_rates_from_validation_and_dropout_follows_them():
     # in training mode the user column is dropped at its rate, the item column at the floor
     big = s.transform(pd.concat([train_df] * 10, ignore_index=True))
     emb.train()
-    dropped = emb._drop_ids(big["sparse"], emb._sparse_rates(big["sparse"].device))
+    dropped = emb._drop_ids(big["sparse"], emb._column_rates())
     got = (dropped == OOV_ID).float().mean(0)
     assert got[0] == pytest.approx(share, abs=0.02)
     assert got[1] == pytest.approx(0.1, abs=0.02)
     emb.eval()
-    assert torch.equal(emb._drop_ids(big["sparse"], emb._sparse_rates(big.device)), big["sparse"])
+    assert torch.equal(emb._drop_ids(big["sparse"], emb._column_rates()), big["sparse"])
 
 
 def test_off_switches_keep_the_floor():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -108,9 +109,7 @@ class IDEmbedding(Encoder):
             raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
         self.id_dropout = float(id_dropout)
         self.match_unseen = bool(match_unseen)
-        self.dropout_rates: dict[str, float] = {}
-        """Per-feature rates set by :meth:`before_fit` (features absent: ``id_dropout``)."""
-        self._sparse_rate_cache: Tensor | None = None
+        self._rates: dict[str, float] = {}  # set by before_fit; absent: id_dropout
         self.sparse_grad = False
 
     def build(self, schema: Any) -> None:
@@ -121,6 +120,10 @@ class IDEmbedding(Encoder):
             names = [f.name for f in schema.features if isinstance(f, (Sparse, Sequence))]
         sparse_names = [f.name for f in schema.sparse]
         self._names, self._sparse_names = list(names), sparse_names
+        # [n_sparse] dropout rate per sparse column while matched rates are set (a buffer, so
+        # it follows the module across devices; not saved: before_fit sets it for each fit)
+        self.register_buffer("sparse_rates", None, persistent=False)
+        self._rates = {}
         for n in names:
             if not isinstance(schema.feature(n), (Sparse, Sequence)):
                 raise ValueError(f"IDEmbedding: feature {n!r} is not a Sparse or Sequence feature")
@@ -189,8 +192,14 @@ class IDEmbedding(Encoder):
             return row_sparse_embedding(self._table(dim), ids)
         return F.embedding(ids, self._table(dim))
 
+    @property
+    def dropout_rates(self) -> MappingProxyType:
+        """Per-feature rates set by :meth:`before_fit` (read-only; empty: every feature drops
+        at ``id_dropout``)."""
+        return MappingProxyType(self._rates)
+
     def _rate(self, name: str) -> float:
-        return self.dropout_rates.get(name, self.id_dropout)
+        return self._rates.get(name, self.id_dropout)
 
     def _drop_ids(self, ids: Tensor, rate: float | Tensor) -> Tensor:
         """Known ids (>= 2) replaced by ``OOV_ID`` with probability ``rate`` (a scalar, or a
@@ -200,15 +209,9 @@ class IDEmbedding(Encoder):
         drop = (torch.rand(ids.shape, device=ids.device) < rate) & (ids > OOV_ID)
         return ids.masked_fill(drop, OOV_ID)
 
-    def _sparse_rates(self, device: torch.device) -> float | Tensor:
-        """``id_dropout``, or the ``[n_sparse]`` rates of the batch's sparse columns."""
-        if not self.dropout_rates:
-            return self.id_dropout
-        cached = self._sparse_rate_cache
-        if cached is None or cached.device != device:
-            rates = [self._rate(n) for n in self._sparse_names]
-            cached = self._sparse_rate_cache = torch.tensor(rates, device=device)
-        return cached
+    def _column_rates(self) -> float | Tensor:
+        """``id_dropout``, or the ``[n_sparse]`` matched rates of the sparse columns."""
+        return self.id_dropout if self.sparse_rates is None else self.sparse_rates
 
     def before_fit(self, train: Any | None, val: Any | None) -> None:
         """Trainer protocol (through the model): set the per-feature dropout rates from the
@@ -217,7 +220,7 @@ class IDEmbedding(Encoder):
         at ``id_dropout``."""
         from .unseen_rates import matched_dropout_rates
 
-        self.dropout_rates, self._sparse_rate_cache = {}, None
+        self._rates, self.sparse_rates = {}, None
         if not self.match_unseen or val is None:
             return
         columns = {}
@@ -229,12 +232,14 @@ class IDEmbedding(Encoder):
             else:
                 key = f"seq/{n}"
                 columns[n] = (train[key] if train is not None else None, val[key])
-        self.dropout_rates = matched_dropout_rates(columns, floor=self.id_dropout)
+        self._rates = matched_dropout_rates(columns, floor=self.id_dropout)
+        rates = [self._rate(n) for n in self._sparse_names]
+        self.sparse_rates = torch.tensor(rates, device=self.tables[0].device)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         sparse = batch.get("sparse")
         if sparse is not None:
-            sparse = self._drop_ids(sparse, self._sparse_rates(sparse.device))
+            sparse = self._drop_ids(sparse, self._column_rates())
         seqs = {n: self._drop_ids(batch[f"seq/{n}"], self._rate(n)) for n, *_ in self._seq}
         # all ids that read one table are looked up together: one gather (and, with sparse
         # gradients, one coalesced gradient) per table per batch

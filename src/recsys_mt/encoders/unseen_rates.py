@@ -23,7 +23,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from ..data.features import OOV_ID, PAD_ID
+from ..data.features import PAD_ID
+from ..data.vocab import oov_stats
 
 __all__ = ["MAX_RATE", "matched_dropout_rates", "oov_share"]
 
@@ -32,12 +33,10 @@ MAX_RATE = 0.9
 
 
 def oov_share(ids: Tensor) -> float:
-    """Share of the present (non-padding) ids of ``ids`` that are ``OOV_ID`` (0.0 when none)."""
-    present = ids != PAD_ID
-    n = int(present.sum())
-    if n == 0:
-        return 0.0
-    return float(((ids == OOV_ID) & present).sum()) / n
+    """Share of the present (non-padding) ids of ``ids`` that are ``OOV_ID`` (0.0 when none):
+    :func:`~recsys_mt.data.vocab.oov_stats` of encoded ids, whose missing values are padding."""
+    a = ids.detach().cpu().numpy()
+    return oov_stats(a, a == PAD_ID)[1]
 
 
 def matched_dropout_rates(
