@@ -195,14 +195,15 @@ def run_recsys(variant: str, data, seed: int, args):
     ``+conditional`` (conditional supervision), e.g. ``full+aitm``; and, to measure what each
     default brings, ``+nodrop`` (no id dropout), ``+nomatch`` (``match_unseen=False``: every
     feature's id dropout at 0.1), ``+valloss`` (early stopping on ``val/loss``), ``+nocal``
-    (``auto_calibrate=None``); ``+stats`` / ``+allstats`` add
+    (``auto_calibrate=None``), ``+noprior`` (``calibration_prior=None``: Platt without the
+    rate prior); ``+stats`` / ``+allstats`` add
     ``FunnelStats`` of the movie / of every id column; ``+bal=<name>`` trains with a balancer of
     ``benchmarks/balancers.py`` (``pcgrad``, ``mgda``, ``mgda_ub``, ``gradnorm``, ...);
     ``+groups=<k>`` sets ``Schema(min_groups=k)`` (0: off), ``+drop=<p>`` sets
     ``IDEmbedding(id_dropout=p)`` and ``+no=<column>`` leaves an id feature out."""
     base, *options = variant.split("+")
     known = {"aitm", "ips", "dr", "conditional", "nodrop", "valloss", "nocal", "stats", "allstats"}
-    known.add("nomatch")
+    known |= {"nomatch", "noprior"}
     known |= {f"bal={name}" for name in BALANCERS}
     unknown = sorted(
         o for o in set(options) - known if not o.startswith(("drop=", "no=", "groups="))
@@ -243,6 +244,7 @@ def run_recsys(variant: str, data, seed: int, args):
         counterfactual=cf,
         balancer=balancer,
         auto_calibrate=None if "nocal" in options else "platt",
+        calibration_prior=None if "noprior" in options else "auto",
     )
     trainer = rm.Trainer(
         max_epochs=args.max_epochs,

@@ -5,13 +5,15 @@ Run: python examples/deep_funnel.py [--impressions N] [--epochs E] [--plot relia
 1. ``FunnelStats`` gives every row the item's and the category's smoothed click, purchase and
    repurchase rates (training rows: out-of-fold values, so no row sees its own label);
 2. two heads are trained with the library's defaults (early stopping on the mean stage AUC,
-   Platt calibration on the validation rows at the end of fit): ``MMoE`` and ``AITM``, which
-   passes each stage's representation down the funnel;
+   Platt calibration on the validation rows at the end of fit, with a stage's rate of one id
+   feature as a second input where that helps): ``MMoE`` and ``AITM``, which passes each
+   stage's representation down the funnel;
 3. the test metrics (AUC, log loss, ECE per stage) are printed next to the uncalibrated ones,
    and ``--plot`` draws a reliability diagram (needs the ``plot`` extra).
 """
 
 import argparse
+import copy
 
 import torch
 
@@ -64,18 +66,16 @@ def main(argv=None) -> dict:
         )
         trainer.fit(model, train, val)  # ends with Platt calibration on `val`
         calibrated = model.evaluate(test).set_index(["task", "metric"])["value"]
-        raw_map = model.calibration.clone()
-        model.calibrate(val, method="none")  # the same model, uncalibrated, for comparison
-        raw = model.evaluate(test).set_index(["task", "metric"])["value"]
-        with torch.no_grad():
-            model.calibration.copy_(raw_map)
-        print(f"\n{name}: {len(trainer.history)} epochs")
-        print(f"{'task':<12}{'AUC':>8}{'logloss':>10}{'(raw)':>8}{'ECE':>8}{'(raw)':>8}")
+        uncalibrated = copy.deepcopy(model).calibrate(val, method="none")  # for comparison
+        raw = uncalibrated.evaluate(test).set_index(["task", "metric"])["value"]
+        print(f"\n{name}: {len(trainer.history)} epochs; rate prior {model.rate_prior.columns}")
+        columns = ("AUC", "(raw)", "logloss", "(raw)", "ECE", "(raw)")
+        print(f"{'task':<12}" + "".join(f"{c:>{10 if c == 'logloss' else 8}}" for c in columns))
         for task in ("ctr", "cvr", "ctcvr", "repurchase"):
             c, r = calibrated[task], raw[task]
             print(
-                f"{task:<12}{c['auc']:>8.4f}{c['logloss']:>10.4f}{r['logloss']:>8.4f}"
-                f"{c['ece']:>8.4f}{r['ece']:>8.4f}"
+                f"{task:<12}{c['auc']:>8.4f}{r['auc']:>8.4f}{c['logloss']:>10.4f}"
+                f"{r['logloss']:>8.4f}{c['ece']:>8.4f}{r['ece']:>8.4f}"
             )
         results[name] = {"calibrated": calibrated, "raw": raw}
         if args.plot and name == "mmoe":

@@ -70,10 +70,16 @@ def test_early_stopping_auto_monitor_and_calibration_after_fit():
     assert row["val/auc_mean"] == pytest.approx((row["val/ctr_auc"] + row["val/cvr_auc"]) / 2)
     assert model.calibrated and model.calibration_method == "platt"
     assert model.training  # fit leaves the model in training mode, as before
-    # the map is what calibrate() fits on the same frame
-    again = model.calibration.clone()
-    model.calibrate(val, method="platt")
+    # the map is what calibrate() fits on the same frames (the training rows give the rates)
+    again, weight = model.calibration.clone(), model.rate_prior.weight.clone()
+    assert model.rate_prior.columns == ["item_id", None]  # the item's click rate helps CTR
+    table = model.rate_prior.table(0).clone()
+    model.calibrate(val, method="platt", prior_from=train)
     torch.testing.assert_close(model.calibration, again)
+    torch.testing.assert_close(model.rate_prior.weight, weight)
+    torch.testing.assert_close(model.rate_prior.table(0), table)
+    model.calibrate(val, method="platt")  # without the training rows: the plain map
+    assert not model.rate_prior.active and model.rate_prior.table(0) is None
     # without a validation frame, or with auto_calibrate=None, nothing is calibrated
     torch.manual_seed(0)
     plain = rm.MultiTaskModel(s, head=rm.SharedBottom(bottom_dims=(16,)), auto_calibrate=None)

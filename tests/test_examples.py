@@ -70,9 +70,9 @@ def test_deep_funnel_example(tmp_path):
     assert set(results) == {"mmoe", "aitm"}
     for r in results.values():
         cal, raw = r["calibrated"], r["raw"]
-        assert cal["ctr", "auc"] == raw["ctr", "auc"]  # calibration never changes a ranking
         assert cal["ctr", "auc"] > 0.6
-        assert cal["ctr", "logloss"] <= raw["ctr", "logloss"] + 0.005
+        for task in ("ctr", "cvr", "repurchase"):  # fitted on validation rows, tested on test
+            assert cal[task, "logloss"] <= raw[task, "logloss"] + 0.005
     assert plot.stat().st_size > 0
 
 

@@ -31,6 +31,8 @@ FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "counterfactual_weight": ((numbers.Real,), False),
     "calibration": (_OPTIONAL_STR, False),
     "auto_calibrate": (_OPTIONAL_STR, False),
+    "calibration_prior": (_OPTIONAL_STR, False),
+    "rate_prior": ((list, type(None)), False),
 }
 
 

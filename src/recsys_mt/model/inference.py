@@ -16,6 +16,7 @@ from ..data.loader import is_source
 from .calibration import METHODS as CALIBRATION_METHODS
 from .calibration import apply_calibration, fit_calibration
 from .evaluation import evaluate_funnel
+from .rate_prior import choose_rate_prior
 
 __all__ = ["InferenceMixin"]
 
@@ -31,6 +32,9 @@ class InferenceMixin:
     calibration: Tensor
     auto_calibrate: str | None
     calibration_method: str | None
+    calibration_prior: str | None
+    rate_prior: Any
+    _prior_source: Any
 
     def prepare(self, frame: TensorFrame) -> TensorFrame:
         """Let encoders add what they need to a frame once, before batching (Trainer protocol).
@@ -52,11 +56,15 @@ class InferenceMixin:
         """Trainer protocol, once before training with the prepared frames (``train`` is
         ``None`` for a streaming source): each encoder with a ``before_fit(train, val)`` method
         is called in turn (:class:`~recsys_mt.encoders.IDEmbedding` matches its id dropout to
-        the validation rows' unseen ids there)."""
+        the validation rows' unseen ids there). With ``calibration_prior="auto"`` the model
+        keeps a reference to ``train`` until :meth:`after_fit` counts its rates."""
         for enc in self.encoders:
             fn = getattr(enc, "before_fit", None)
             if fn is not None:
                 fn(train, val)
+        # The training rows the calibration's rate prior is counted on (after_fit drops them).
+        wants_prior = self.calibration_prior == "auto" and self.auto_calibrate == "platt"
+        self._prior_source = train if wants_prior and train is not None else None
 
     def _as_frame(self, data: TensorFrame | pd.DataFrame) -> TensorFrame:
         if isinstance(data, pd.DataFrame):
@@ -78,12 +86,11 @@ class InferenceMixin:
         training at every epoch): restoring the previous mode afterwards would let one thread
         switch id dropout back on while another thread is still predicting.
         """
-        logits = self._scan(data, batch_size)[0]
-        return self.calibrate_logits(logits) if calibrated else logits
+        return self._scan(data, batch_size, calibrated=calibrated)[0]
 
     @torch.inference_mode()
     def _scan(
-        self, data: Any, batch_size: int, need_labels: bool = False
+        self, data: Any, batch_size: int, need_labels: bool = False, calibrated: bool = False
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(logits [N, T], labels [N, T] | None, group [N] | None)`` on the CPU, for a frame,
         a DataFrame or an unshuffled streaming source (read batch by batch, in file order)."""
@@ -108,7 +115,8 @@ class InferenceMixin:
         out, labels, groups = [], [], []
         for b in batches:
             moved = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-            out.append(self(moved).float().cpu())
+            z = self(moved).float()
+            out.append((self.calibrate_logits(z, moved) if calibrated else z).cpu())
             if frame is None and need_labels:
                 if "labels" not in b:
                     raise ValueError("the source reads no labels: evaluate needs them")
@@ -194,10 +202,10 @@ class InferenceMixin:
         MSE and RMSE on observed rows. Metrics that are undefined (one class present) are NaN.
         Probabilities are calibrated when :meth:`calibrate` has been called.
         """
-        logits, labels, groups = self._scan(data, batch_size, need_labels=True)
+        logits, labels, groups = self._scan(data, batch_size, need_labels=True, calibrated=True)
         if labels is None:
             raise ValueError("evaluate needs labels: the frame was transformed without them")
-        cond, joint = self.probabilities(self.calibrate_logits(logits))
+        cond, joint = self.probabilities(logits)
         return evaluate_funnel(self.tasks, self.parents, cond, joint, labels, groups)
 
     def validation_metrics(self, frame: TensorFrame, batch_size: int) -> dict[str, float]:
@@ -249,20 +257,35 @@ class InferenceMixin:
 
     def after_fit(self, val: TensorFrame | None) -> None:
         """Trainer protocol, at the end of fit: :meth:`calibrate` on ``val`` with
-        ``auto_calibrate`` (nothing without a validation frame or with ``auto_calibrate=None``)."""
+        ``auto_calibrate`` (nothing without a validation frame or with ``auto_calibrate=None``),
+        with the training rows of :meth:`before_fit` as ``prior_from`` when
+        ``calibration_prior="auto"``."""
+        source, self._prior_source = self._prior_source, None
         if self.auto_calibrate is not None and val is not None and "labels" in val:
-            self.calibrate(val, method=self.auto_calibrate)
+            self.calibrate(val, method=self.auto_calibrate, prior_from=source)
 
     # ------------------------------------------------------------------ calibration
     @property
     def calibrated(self) -> bool:
         """True when a non-identity calibration map is applied by :meth:`predict` / evaluate."""
         a, b = self.calibration[:, 0], self.calibration[:, 1]
-        return bool(((a != 1) | (b != 0)).any())
+        return bool(((a != 1) | (b != 0)).any()) or self.rate_prior.active
 
-    def calibrate_logits(self, logits: Tensor) -> Tensor:
-        """Calibrated logits ``a_t · z + b_t`` ``[B, T]`` (identity columns are left as is)."""
-        return apply_calibration(logits, self.calibration)
+    def calibrate_logits(self, logits: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
+        """Calibrated logits ``a_t · z + b_t (+ c_t · logit(rate_t))`` ``[B, T]``.
+
+        ``batch`` (the rows' input tensors) is needed when a task has a rate prior: its
+        ``sparse`` ids index the rate tables. Identity columns are left as is.
+        """
+        out = apply_calibration(logits, self.calibration)
+        if not self.rate_prior.active:
+            return out
+        if batch is None or "sparse" not in batch:
+            raise ValueError(
+                "this model's calibration adds a rate prior of "
+                f"{[c for c in self.rate_prior.columns if c]}: pass the batch to calibrate_logits"
+            )
+        return out + self.rate_prior(batch).to(out)
 
     def calibrate(
         self,
@@ -270,6 +293,7 @@ class InferenceMixin:
         method: str = "temperature",
         batch_size: int = 8192,
         min_rows: int = 50,
+        prior_from: TensorFrame | pd.DataFrame | None = None,
     ) -> Any:
         """Fit a monotone map ``z → a·z + b`` (``a > 0``) of each binary task's conditional logit.
 
@@ -287,6 +311,13 @@ class InferenceMixin:
                 or ``"none"`` (reset to the identity).
             batch_size: rows per forward pass.
             min_rows: fewest observed rows a task needs to be fitted.
+            prior_from: the training rows (a TensorFrame, or a DataFrame the schema
+                transforms), with ``method="platt"``: each binary task may then also take the
+                smoothed training rate of one sparse feature, ``a·z + c·logit(rate) + b``
+                (:mod:`~recsys_mt.model.rate_prior_fit`; the feature is chosen by two-fold
+                cross-validation on ``val``, kept only where it lowers the log loss by at
+                least 0.001). This does change rankings across items. ``None``: no prior
+                (an earlier one is removed).
 
         Returns:
             ``self``.
@@ -302,10 +333,20 @@ class InferenceMixin:
         params, skipped = fit_calibration(
             logits, frame["labels"], self.parents, self.binary, method, min_rows
         )
+        choices: list = [None] * len(self.tasks)
+        if prior_from is not None:
+            if method != "platt":
+                raise ValueError(f"prior_from needs method='platt', got {method!r}")
+            train = self._as_frame(prior_from)
+            choices = choose_rate_prior(self, frame, logits, train, set(skipped))
+            for t, c in enumerate(choices):
+                if c is not None:
+                    params[t] = torch.tensor([c.a, c.b], dtype=params.dtype)
         if skipped:
             names = ", ".join(f"{self.tasks[t].name!r} ({why})" for t, why in skipped.items())
             warnings.warn(f"calibration left these tasks uncalibrated: {names}", stacklevel=2)
         with torch.no_grad():
             self.calibration.copy_(params.to(self.calibration))
+            self.rate_prior.set_choices(self.schema, choices)
         self.calibration_method = None if method == "none" else method
         return self

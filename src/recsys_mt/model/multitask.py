@@ -30,6 +30,7 @@ from .calibration import identity_calibration
 from .counterfactual import CounterfactualRegulariser, check_counterfactual
 from .inference import InferenceMixin
 from .persistence import FORMAT_VERSION, CheckpointError, load_pretrained, save_pretrained
+from .rate_prior import RatePrior
 from .update import grow_model
 
 __all__ = ["CheckpointError", "MultiTaskModel"]
@@ -59,6 +60,12 @@ class MultiTaskModel(InferenceMixin, nn.Module):
             probabilities as trained. Platt scaling by default: embeddings over-fit training
             users and items, and new ones at serving time get over-confident scores whose log
             loss a per-task ``a·z + b`` repairs without changing any ranking.
+        calibration_prior: ``"auto"`` (default): when ``auto_calibrate="platt"`` and the
+            trainer passes in-memory training rows, the calibration of each binary task may
+            add the smoothed training rate of one sparse feature (chosen on the validation
+            rows: usually the item) as a second input, ``a·z + c·logit(rate) + b``, where
+            that beats the plain map by cross-validation (:mod:`~recsys_mt.model.rate_prior_fit`).
+            Rankings within an item stay the model's. ``None``: the plain map only.
 
     Outputs: :meth:`forward` gives logits ``[B, T]`` in ``schema.tasks`` order; each binary
     logit is the *conditional* log-odds given the parent task. :meth:`predict` returns the
@@ -81,6 +88,7 @@ class MultiTaskModel(InferenceMixin, nn.Module):
         counterfactual: str | None = None,
         counterfactual_weight: float = 0.1,
         auto_calibrate: str | None = "platt",
+        calibration_prior: str | None = "auto",
     ):
         super().__init__()
         if not isinstance(schema, Schema):
@@ -140,6 +148,12 @@ class MultiTaskModel(InferenceMixin, nn.Module):
                 f"auto_calibrate must be None, 'platt' or 'temperature', got {auto_calibrate!r}"
             )
         self.auto_calibrate = auto_calibrate
+        if calibration_prior not in (None, "auto"):
+            raise ValueError(f"calibration_prior must be 'auto' or None, got {calibration_prior!r}")
+        self.calibration_prior = calibration_prior
+        # Rate tables the calibration may add (empty until calibrate(..., prior_from=train)).
+        self.rate_prior = RatePrior(len(schema.tasks))
+        self._prior_source: Any = None  # the training frame, between before_fit and after_fit
 
     # ------------------------------------------------------------------ forward
     @property
@@ -320,6 +334,8 @@ class MultiTaskModel(InferenceMixin, nn.Module):
         if key not in state_dict:
             state_dict[key] = identity_calibration(len(self.tasks)).to(self.calibration)
             self.calibration_method = None
+        if prefix + "rate_prior.weight" not in state_dict:  # saved before the rate prior
+            state_dict[prefix + "rate_prior.weight"] = torch.zeros_like(self.rate_prior.weight)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -349,6 +365,8 @@ class MultiTaskModel(InferenceMixin, nn.Module):
             "counterfactual_weight": self.counterfactual_weight,
             "calibration": self.calibration_method,
             "auto_calibrate": self.auto_calibrate,
+            "calibration_prior": self.calibration_prior,
+            "rate_prior": self.rate_prior.to_config(),
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

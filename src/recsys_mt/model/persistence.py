@@ -130,7 +130,13 @@ def load_pretrained(
             counterfactual=config.get("counterfactual"),
             counterfactual_weight=config.get("counterfactual_weight", 0.1),
             auto_calibrate=config.get("auto_calibrate"),
+            calibration_prior=config.get("calibration_prior"),
         )
+        prior = config.get("rate_prior")
+        if prior is not None:
+            if not all(c is None or isinstance(c, str) for c in prior):
+                raise ValueError(f"rate_prior must list feature names or nulls, got {prior!r}")
+            model.rate_prior.configure(saved, prior)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{config_path} does not describe a valid model: {e}") from e
     state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
@@ -141,7 +147,7 @@ def load_pretrained(
         for k in expected
         if k not in state
         and not (excluded and k.startswith(excluded))
-        and k != "calibration"  # saved before calibration existed: loads as identity
+        and k not in ("calibration", "rate_prior.weight")  # older checkpoints: identity, none
     ]
     unexpected = [k for k in state if k not in expected]
     wrong = [

@@ -65,8 +65,9 @@ def grow_model(
     embedding table gets the new ids' rows, initialised from that vocabulary's trained OOV row
     (plus ``N(0, noise_std²)`` noise when ``noise_std > 0``, drawn from ``seed``); the known rows
     keep their values bit for bit. Sequences sharing a vocabulary (``vocab_from``) read the
-    grown rows of their owner. Every other parameter, the calibration map included, is left
-    as it is. Afterwards ``model.schema`` is ``new_schema``: encode new data with it.
+    grown rows of their owner. The calibration's rate tables give new ids the OOV id's rate.
+    Every other parameter, the calibration map included, is left as it is. Afterwards
+    ``model.schema`` is ``new_schema``: encode new data with it.
 
     Args:
         model: a :class:`~recsys_mt.model.MultiTaskModel`.
@@ -109,6 +110,9 @@ def grow_model(
             enc.grow(old_schema, new_schema, float(noise_std), generator)
         elif callable(getattr(enc, "grow", None)):
             enc.grow(old_schema, new_schema)
+    prior = getattr(model, "rate_prior", None)
+    if prior is not None:
+        prior.grow(new_schema)  # new ids: the OOV id's rate, as while they were unknown
     model.schema = new_schema
     return {
         name: new_schema.vocabularies_[name].size - old_schema.vocabularies_[name].size

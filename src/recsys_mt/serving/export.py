@@ -56,7 +56,7 @@ class _Scoring(nn.Module):
         batch = dict(zip(self.keys, tensors))
         fused = self.model.fusion([enc(batch) for enc in self.encoders])
         logits = self.model.head(fused)
-        return self.model.probabilities(self.model.calibrate_logits(logits))
+        return self.model.probabilities(self.model.calibrate_logits(logits, batch))
 
 
 def _export_encoders(model: Any) -> list[nn.Module]:

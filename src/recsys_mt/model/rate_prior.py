@@ -1,0 +1,137 @@
+"""The rate prior of a model's calibration: per task, an optional sparse feature whose
+smoothed training-period rate enters the calibrated logit (see :mod:`.rate_prior_fit`).
+
+A :class:`RatePrior` holds, for each task ``t`` with a chosen feature, a ``[V]`` table of the
+feature's smoothed rate logits and the weight ``c_t``; ``forward(batch)`` gives the ``[B, T]``
+offsets ``c_t · table_t[ids]`` (0 for tasks without a prior) that
+:meth:`~recsys_mt.model.MultiTaskModel.calibrate_logits` adds to ``a_t · z + b_t``. The tables
+are buffers (saved in ``model.safetensors``); which feature each task uses is saved in
+``config.json`` (``rate_prior``) so a loaded model rebuilds the same buffers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..data.features import OOV_ID
+from .rate_prior_fit import PriorChoice, count_tables, fit_rate_prior
+
+__all__ = ["RatePrior", "choose_rate_prior"]
+
+
+def choose_rate_prior(
+    model: Any, val: Any, logits: Tensor, train: Any, skip: set[int]
+) -> list[PriorChoice | None]:
+    """Per task, the rate prior :func:`~.rate_prior_fit.fit_rate_prior` picks for ``model``
+    from the ``train`` frame's counts and the ``val`` frame's rows (``logits``: their raw
+    ``[N, T]`` logits); ``None`` for tasks in ``skip`` and where nothing gains. Changes
+    nothing. ``train`` needs the ``sparse`` and ``labels`` tensors of the training rows."""
+    names = [f.name for f in model.schema.sparse]
+    if not names:
+        return [None] * len(model.tasks)
+    for key in ("sparse", "labels"):
+        if key not in train:
+            raise ValueError(f"prior_from has no {key!r} tensor: pass the encoded training rows")
+    if train["labels"].shape[1] != len(model.tasks):
+        raise ValueError(
+            f"prior_from has {train['labels'].shape[1]} label columns, the model "
+            f"{len(model.tasks)} tasks"
+        )
+    sizes = [model.schema.vocab_size(n) for n in names]
+    tables = count_tables(train["sparse"], train["labels"], model.parents, model.binary, sizes)
+    group = val["group"] if "group" in val else None
+    choices = fit_rate_prior(logits, val["labels"], val["sparse"], tables, model.parents, group)
+    return [None if t in skip else c for t, c in enumerate(choices)]
+
+
+class RatePrior(nn.Module):
+    """Per-task rate tables of one sparse feature each (none until a calibration chooses).
+
+    Args:
+        num_tasks: number of tasks ``T``.
+    """
+
+    def __init__(self, num_tasks: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(num_tasks))
+        self.columns: list[str | None] = [None] * num_tasks
+        self._index: list[int | None] = [None] * num_tasks
+
+    @property
+    def active(self) -> bool:
+        """True when some task has a chosen feature."""
+        return any(c is not None for c in self.columns)
+
+    def _name(self, t: int) -> str:
+        return f"table_{t}"
+
+    def configure(self, schema: Any, columns: list[str | None]) -> None:
+        """Choose the feature of every task (``None``: no prior) and make zero tables of the
+        right size; weights are reset to 0. Used by calibration and by checkpoint loading."""
+        if len(columns) != len(self.columns):
+            raise ValueError(f"rate_prior needs {len(self.columns)} entries, got {len(columns)}")
+        names = [f.name for f in schema.sparse]
+        for col in columns:
+            if col is not None and col not in names:
+                raise ValueError(f"rate_prior names {col!r}, which is not a Sparse feature")
+        device = self.weight.device
+        for t, col in enumerate(columns):
+            self._buffers.pop(self._name(t), None)
+            if col is not None:
+                table = torch.zeros(schema.vocab_size(col), device=device)
+                self.register_buffer(self._name(t), table)
+        self.columns = list(columns)
+        self._index = [None if c is None else names.index(c) for c in columns]
+        with torch.no_grad():
+            self.weight.zero_()
+
+    def set_choices(self, schema: Any, choices: list[PriorChoice | None]) -> None:
+        """Install :func:`choose_rate_prior`'s result: tables and weights ``c_t``."""
+        names = [f.name for f in schema.sparse]
+        self.configure(schema, [None if c is None else names[c.column] for c in choices])
+        with torch.no_grad():
+            for t, c in enumerate(choices):
+                if c is not None:
+                    self._buffers[self._name(t)].copy_(c.table)
+                    self.weight[t] = c.c
+
+    def table(self, t: int) -> Tensor | None:
+        """Task ``t``'s ``[V]`` table of smoothed rate logits (before the weight), or ``None``."""
+        return self._buffers.get(self._name(t)) if self.columns[t] is not None else None
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """``[B, T]`` offsets ``c_t · table_t[ids]``, or ``None`` when no task has a prior."""
+        if not self.active:
+            return None
+        sparse = batch["sparse"]
+        cols = []
+        for t, s in enumerate(self._index):
+            if s is None:
+                cols.append(torch.zeros(sparse.shape[0], device=sparse.device))
+            else:
+                table = self._buffers[self._name(t)]
+                ids = sparse[:, s].clamp(0, table.shape[0] - 1)
+                cols.append(table.to(sparse.device)[ids] * self.weight[t].to(sparse.device))
+        return torch.stack(cols, dim=1)
+
+    def grow(self, new_schema: Any) -> None:
+        """Extend each table to ``new_schema``'s vocabulary: new ids get the OOV id's value
+        (what they were scored with while unknown), so predictions do not change."""
+        for t, col in enumerate(self.columns):
+            if col is None:
+                continue
+            old = self._buffers[self._name(t)]
+            size = new_schema.vocab_size(col)
+            if size > old.shape[0]:
+                extra = old[OOV_ID].expand(size - old.shape[0])
+                self._buffers[self._name(t)] = torch.cat([old, extra]).contiguous()
+
+    def to_config(self) -> list[str | None] | None:
+        """The chosen features, one per task (``None`` when no task has one)."""
+        return list(self.columns) if self.active else None
+
+    def extra_repr(self) -> str:
+        return f"columns={self.columns}"
