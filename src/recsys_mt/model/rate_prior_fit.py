@@ -10,8 +10,9 @@ item's purchase-given-click rate, the shop's click rate), counted on the trainin
 ``num_t(v)`` is the number of positives of task ``t`` among the training rows with value ``v``
 on which ``t`` is observed (all rows for a root task, the rows whose parent's joint label is 1
 for a child), ``den_t(v)`` the number of those rows; ``prior_t`` is the overall rate and ``m``
-the smoothing strength. Ids the training rows never show (and the OOV id, when no training row
-has it) get ``prior_t``.
+the smoothing strength. Ids the training rows never show get ``prior_t``, and so does the OOV
+id: it pools the values too rare to get an id (``Schema(min_groups=…)``), whose rate — obscure
+items' — would be the wrong guess for a new item.
 
 For each task, :func:`fit_rate_prior` picks the smoothing of each candidate feature by the
 validation log loss of the rate alone, then the feature whose stacked map has the lowest
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.features import OOV_ID
 from .calibration import SLOPE_MAX, SLOPE_MIN, observed_rows
 
 __all__ = ["PriorChoice", "SMOOTHING_GRID", "count_tables", "fit_logistic", "fit_rate_prior"]
@@ -62,7 +64,8 @@ def count_tables(
     sparse: Tensor, labels: Tensor, parents: list[int | None], binary: list[bool], sizes: list[int]
 ) -> list[list[tuple[Tensor, Tensor] | None]]:
     """Per sparse column ``s`` and task ``t``: ``(num [V_s], den [V_s])`` float64 counts over
-    the rows on which ``t`` is observed (``None`` for regression tasks).
+    the rows on which ``t`` is observed (``None`` for regression tasks); the OOV id's counts
+    are 0.
 
     Args:
         sparse: ``[N, S]`` encoded ids of the training rows.
@@ -85,6 +88,8 @@ def count_tables(
             sel = rows[:, t]
             den = torch.bincount(ids[sel], minlength=size).to(torch.float64)
             num = torch.bincount(ids[sel], weights=y[sel, t], minlength=size)
+            if size > OOV_ID:  # the OOV id pools rare values: it gets the overall rate
+                den[OOV_ID] = num[OOV_ID] = 0.0
             per_task.append((num, den))
         out.append(per_task)
     return out
@@ -142,6 +147,11 @@ def fit_logistic(x: Tensor, y: Tensor, max_iter: int = 50, tol: float = 1e-10) -
     return w
 
 
+def binary_task(tables: list[list[tuple[Tensor, Tensor] | None]], t: int) -> bool:
+    """True when some column has counts for task ``t`` (a binary task with candidates)."""
+    return any(per_task[t] is not None for per_task in tables)
+
+
 def _cv_loss(x: Tensor, y: Tensor, fold: Tensor) -> float:
     """Two-fold cross-validated log loss of :func:`fit_logistic` (rows weighted equally)."""
     total = 0.0
@@ -176,7 +186,8 @@ def fit_rate_prior(
         logits: ``[N, T]`` uncalibrated conditional logits of the validation rows.
         labels: ``[N, T]`` their labels.
         sparse: ``[N, S]`` their encoded ids.
-        tables: :func:`count_tables` of the training rows.
+        tables: :func:`count_tables` of the training rows (an entry set to ``None``: that
+            column is not a candidate for that task).
         parents: parent index per task.
         group: ``[N]`` group codes (folds keep a group together), or ``None``.
         min_gain: least cross-validated log-loss improvement over the plain map, in nats.
@@ -195,13 +206,15 @@ def fit_rate_prior(
         yt, zt, fold = y[sel, t], z[sel, t], fold_all[sel]
         n_pos = int((yt == 1).sum())
         small = min(int((fold == 0).sum()), int((fold == 1).sum())) < MIN_FOLD_ROWS
-        if not tables or tables[0][t] is None or small or n_pos in (0, len(yt)):
+        if not binary_task(tables, t) or small or n_pos in (0, len(yt)):
             out.append(None)
             continue
         ones = torch.ones_like(zt)
         base = _cv_loss(torch.stack([zt, ones], 1), yt, fold)
         best: tuple[float, int, Tensor] | None = None
         for s, per_task in enumerate(tables):
+            if per_task[t] is None:  # not a candidate
+                continue
             num, den = per_task[t]  # type: ignore[misc]
             ids = sparse[sel, s].clamp(0, len(den) - 1)
             candidates = [_smoothed_logit(num, den, m) for m in SMOOTHING_GRID]
