@@ -42,6 +42,7 @@ def trained():
     model = rm.MultiTaskModel(schema, head=rm.MMoE(num_experts=2, expert_dims=(32,)))
     rm.Trainer(max_epochs=1, progress_bar=False, device="cpu").fit(model, frame, frame)
     assert model.calibrated  # the exported graph must carry the calibration map
+    assert model.rate_prior.active  # ... and the rate tables of its prior
     return model, schema, df, frame
 
 
