@@ -29,6 +29,7 @@ from .calibration import METHODS as CALIBRATION_METHODS
 from .calibration import identity_calibration
 from .counterfactual import CounterfactualRegulariser, check_counterfactual
 from .inference import InferenceMixin
+from .output_checks import check_width as _check_width
 from .persistence import FORMAT_VERSION, CheckpointError, load_pretrained, save_pretrained
 from .rate_prior import RatePrior
 from .update import grow_model
@@ -395,21 +396,3 @@ class MultiTaskModel(InferenceMixin, nn.Module):
         checkpoint; taken from ``schema`` when that is given.
         """
         return load_pretrained(cls, directory, schema, map_location, schema_keys)
-
-
-def _check_width(
-    out: Any, rows: int | None, module: nn.Module, what: str, width: int = -1, unit: str = ""
-) -> int:
-    """Raise ``ValueError`` naming ``module`` and both shapes unless ``out`` is a ``[rows,
-    width]`` tensor (``width`` -1: any); returns its row count."""
-    name = type(module).__name__
-    if not isinstance(out, Tensor):
-        raise TypeError(f"{what} ({name}) returned {type(out).__name__}, not a tensor")
-    want = f"[{'B' if rows is None else rows}, {width if width >= 0 else 'D'}]"
-    declared = f" ({width} {unit or 'declared out_dim'})" if width >= 0 else ""
-    bad_rows = rows is not None and out.dim() == 2 and out.shape[0] != rows
-    if out.dim() != 2 or bad_rows or (width >= 0 and out.shape[1] != width):
-        raise ValueError(
-            f"{what} ({name}) returned shape {tuple(out.shape)}, expected {want}{declared}"
-        )
-    return int(out.shape[0])
