@@ -2,6 +2,7 @@
 
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -144,6 +145,32 @@ def test_a_missing_category_in_the_catalog_is_json_null(world):
         assert (cat is None) == bool(np.isnan(known[item])), item
         if cat is not None:
             assert cat == known[item]
+
+
+def test_new_users_are_counted_in_health_not_warned_per_request(world):
+    root, catalog, users = world
+    new = users.head(3).assign(user_id=[10**6, 10**6 + 1, 10**6 + 2])  # never seen at fit
+    ids = catalog.item_id.tolist()
+    with TestClient(create_app(root / "v1", catalog, default_k=5)) as client:
+        assert client.get("/health").json()["model"]["oov"]["pairs"] == 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                r = client.post("/recommend", json=_body(new, [ids[:10], ids[10:30], ids[5:9]]))
+                assert r.status_code == 200, r.text
+        assert not [w for w in caught if issubclass(w.category, rm.data.OOVWarning)]
+        oov = client.get("/health").json()["model"]["oov"]
+    assert oov["pairs"] == 3 * (10 + 20 + 4)
+    assert oov["share"]["user_id"] == 1.0  # every scored pair had an unknown user
+    model = rm.MultiTaskModel.from_pretrained(root / "v1")
+    cands = pd.Series(ids[:10] + ids[10:30] + ids[5:9])
+    unknown_items = (model.schema.encode_ids("item_id", cands) == 1).mean()
+    assert oov["share"]["item_id"] == pytest.approx(unknown_items) and unknown_items < 0.5
+    # a Recommender used directly still warns, as Schema.transform does
+    rec = rm.serving.Recommender(model, catalog)
+    with pytest.warns(rm.data.OOVWarning, match="user_id"):
+        rec.recommend(new, [ids[:10], ids[10:30], ids[5:9]], k=3)
+    assert rec.oov.snapshot()["share"]["user_id"] == 1.0
 
 
 def test_fusion_and_reranker_are_applied(world):

@@ -44,10 +44,15 @@ class PairEncoder:
         model: the model whose ``schema`` and ``encoders`` decide what can be gathered.
         catalog: the catalog, one row per item, index ``0 .. M-1``.
         fast_users: encode common user rows with plain numpy calls (the same tensors).
+        warn: emit the schema's :class:`~recsys_mt.data.OOVWarning` per call (``False``: the
+            shares stay in ``meta["oov_rates"]`` only).
     """
 
-    def __init__(self, model: Any, catalog: pd.DataFrame, fast_users: bool = True):
+    def __init__(
+        self, model: Any, catalog: pd.DataFrame, fast_users: bool = True, warn: bool = True
+    ):
         self.schema = model.schema
+        self.warn = warn
         self._group_filtered = [f.name for f in supported_features(self.schema)]
         self.catalog = catalog
         self.reason = self._unsupported(model)
@@ -133,7 +138,8 @@ class PairEncoder:
         tensors = self._assemble(user_side, items, rows_u, rows_c)
         meta = {k: (list(v) if isinstance(v, list) else dict(v)) for k, v in self._meta.items()}
         meta["oov_counts"], meta["oov_rates"] = self._oov_stats(seq_oov, tensors)
-        warn_oov(meta["oov_rates"], self.schema.oov_warn_rate, self._group_filtered)
+        limit = self.schema.oov_warn_rate if self.warn else None
+        warn_oov(meta["oov_rates"], limit, self._group_filtered)
         return TensorFrame(tensors, meta)
 
     def _catalog_tensors(self, users: pd.DataFrame | None) -> dict[str, Tensor] | None:

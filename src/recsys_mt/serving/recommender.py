@@ -11,7 +11,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ..data.frame_layout import encode_rows
 from ..rerank import PAD, Reranker, gather_selected, relevance_order
+from .oov_tally import OOVTally
 from .pair_encoding import PairEncoder
 
 FusionFn = Callable[[Any], Any]
@@ -43,6 +45,10 @@ class Recommender:
             bit). ``False``, and models the gathering cannot serve (text features or towers, a
             funnel-statistics entity crossing user and catalog columns), encode a DataFrame of
             all pairs per call.
+        oov_warnings: emit an :class:`~recsys_mt.data.OOVWarning` when a call's share of
+            unknown ids is high. ``False`` (what the service uses: new users are its daily
+            bread) only counts them: ``recommender.oov.snapshot()`` gives each ``Sparse``
+            feature's OOV share over every pair scored so far.
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class Recommender:
         item_vectors: Tensor | np.ndarray | str | None = "auto",
         batch_size: int = 16384,
         fast_scoring: bool = True,
+        oov_warnings: bool = True,
     ):
         if not isinstance(catalog, pd.DataFrame) or len(catalog) == 0:
             raise ValueError("catalog must be a non-empty DataFrame (one row per item)")
@@ -86,7 +93,11 @@ class Recommender:
             for col in self.catalog.columns
             if pd.api.types.is_numeric_dtype(self.catalog[col]) and col != item_key
         }
-        self._pairs = PairEncoder(self.model, self.catalog) if fast_scoring else None
+        self.oov_warnings = oov_warnings
+        self._pairs = (
+            PairEncoder(self.model, self.catalog, warn=oov_warnings) if fast_scoring else None
+        )
+        self.oov = OOVTally([f.name for f in self.schema.sparse])
 
     def _item_vectors(self, item_vectors) -> Tensor | None:
         if item_vectors is None:
@@ -168,6 +179,7 @@ class Recommender:
             frame = self._pairs.encode(users, rows_u, positions[rows_u, rows_c])
         if frame is None:
             frame = self._pair_frame(users, positions, rows_u, rows_c)
+        self.oov.add(frame)
         pred = self.model.predict_tensors(frame, batch_size=self.batch_size)
         out = {}
         for col, values in pred.items():
@@ -188,6 +200,8 @@ class Recommender:
             ],
             axis=1,
         )
+        if not self.oov_warnings:
+            return encode_rows(self.schema, pairs)  # the same frame, without the warning
         return self.schema.transform(pairs, labels=False)
 
     def recommend(

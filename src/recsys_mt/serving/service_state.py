@@ -56,6 +56,7 @@ class ServedModel:
             "loaded_at": self.loaded_at,
             "load_seconds": round(self.load_seconds, 3),
             "predict_columns": list(self.recommender.model.predict_columns()),
+            "oov": self.recommender.oov.snapshot(),
         }
 
 
@@ -189,6 +190,7 @@ class ModelSlot:
                 item_key=self.item_key,
                 category=self.category,
                 batch_size=self.batch_size,
+                oov_warnings=False,  # counted for /health instead of one warning per request
             )
         except Exception as e:  # any failure must leave the old model serving
             raise SwapError(f"cannot serve model {directory or 'object'}: {e}") from e
