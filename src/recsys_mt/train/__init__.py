@@ -18,8 +18,9 @@ Quick start::
     trainer.history[-1]          # {"epoch": ..., "train/loss": ..., "val/ctr_auc": ...}
 
 The model only has to implement the :class:`TrainableModel` protocol (``training_step``,
-``validation_metrics`` and optionally ``param_groups``); see :mod:`recsys_mt.train.trainer`
-for the loop, precision, sparse-embedding, distributed and checkpoint behaviour.
+``validation_metrics`` and optional hooks; see :mod:`recsys_mt.train.protocol`); see
+:mod:`recsys_mt.train.trainer` for the loop, precision, sparse-embedding, distributed and
+checkpoint behaviour.
 """
 
 from . import distributed

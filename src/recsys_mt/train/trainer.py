@@ -1,58 +1,22 @@
 """The training loop: :class:`Trainer`.
 
-The model protocol
-------------------
 The trainer imports no model class. It drives any :class:`torch.nn.Module` that implements
-:class:`TrainableModel`:
-
-``training_step(batch) -> dict``
-    ``batch`` is a dict of tensors (one :meth:`TensorFrame.take
-    <recsys_mt.data.TensorFrame.take>` slice, on the training device). Returns ``{"loss":
-    scalar tensor to backpropagate, ...}``; further scalar entries (e.g. ``"loss/ctr"``) are
-    averaged over the epoch and logged as ``train/<key>``. They should be detached.
-``loss_counts(batch) -> Tensor [K]`` (optional)
-    The rows each of the model's loss terms averages over in ``batch`` (float). When present,
-    the trainer sums them over the micro-batches of one optimiser step and over processes and
-    calls ``training_step(batch, window=counts)``, which must then return this batch's *share*
-    of the step's loss (sums divided by ``counts``), so that accumulation and DDP give exactly
-    the big batch's gradient also for losses averaged over a subset of rows.
-``validation_metrics(frame, batch_size) -> dict[str, float]``
-    Evaluates a whole :class:`~recsys_mt.data.TensorFrame`. Called with the model in eval mode,
-    on the training device, under :func:`torch.inference_mode`; ``frame`` is on that device
-    when it fits there (see ``data_on_device``), otherwise on the CPU, and the model moves its
-    batches. Returned keys are logged as ``val/<key>``.
-``before_fit(train, val) -> None`` (optional)
-    Called once in :meth:`Trainer.fit` before the first epoch, after ``prepare``, with the
-    training frame (``None`` when training from a streaming source) and the validation frame
-    (or ``None``). :class:`~recsys_mt.model.MultiTaskModel` passes them to its encoders.
-``after_fit(val) -> None`` (optional)
-    Called once at the end of :meth:`Trainer.fit`, after the callbacks' ``on_fit_end`` (so after
-    :class:`~recsys_mt.train.EarlyStopping` restored the best weights), with the validation
-    frame (or ``None``), in eval mode under :func:`torch.inference_mode`.
-    :class:`~recsys_mt.model.MultiTaskModel` calibrates its probabilities there.
-``default_monitor`` (optional attribute)
-    The metric :class:`~recsys_mt.train.EarlyStopping` and
-    :class:`~recsys_mt.train.ModelCheckpoint` watch when created with ``monitor="auto"``.
-``param_groups(sparse) -> list[dict]`` (optional)
-    Parameter groups ``{"params": [...], "sparse": bool, "lr_scale": float,
-    "weight_decay": float | None}`` (all but ``params`` optional). Groups flagged sparse hold
-    embedding tables; when called with ``sparse=True`` the model switches those tables to
-    sparse gradients. Without this method all parameters form one dense group.
-
-The loop, precision, sparse embeddings, ``torchrun`` and checkpoints are described in
-:mod:`recsys_mt.train.loop`, :mod:`recsys_mt.train.devices` and
-:mod:`recsys_mt.train.checkpointing`.
+:class:`~recsys_mt.train.protocol.TrainableModel` (see :mod:`recsys_mt.train.protocol` for the
+contract of each method and the optional hooks). The loop, precision, sparse embeddings,
+``torchrun`` and checkpoints are described in :mod:`recsys_mt.train.loop`,
+:mod:`recsys_mt.train.devices` and :mod:`recsys_mt.train.checkpointing`; validation on the
+whole frame in :mod:`recsys_mt.train.validation`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -69,7 +33,9 @@ from .optim import (
     build_scheduler,
     resolve_param_groups,
 )
+from .protocol import TrainableModel
 from .settings import as_list, check_model, check_settings, hparams
+from .validation import ValidationMixin
 
 #: Under ``torchrun``, ``sparse_embeddings="auto"`` exchanges embedding gradients as touched
 #: rows when the largest table has at least this many rows (measured crossover: dense all-reduce
@@ -87,23 +53,10 @@ __all__ = [
 ]
 
 
-@runtime_checkable
-class TrainableModel(Protocol):
-    """What :class:`Trainer` needs from a model (an :class:`torch.nn.Module`).
-
-    See the module documentation for the contract of each method; ``param_groups`` is
-    optional and therefore not part of this runtime-checkable protocol.
-    """
-
-    def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]: ...
-
-    def validation_metrics(self, frame: TensorFrame, batch_size: int) -> dict[str, float]: ...
-
-
 # --------------------------------------------------------------------------- the trainer
 
 
-class Trainer(EpochLoopMixin, CheckpointMixin):
+class Trainer(EpochLoopMixin, CheckpointMixin, ValidationMixin):
     """Fits a :class:`TrainableModel` on :class:`~recsys_mt.data.TensorFrame` data.
 
     Args:
@@ -296,62 +249,6 @@ class Trainer(EpochLoopMixin, CheckpointMixin):
             return
         for logger in self.loggers:
             logger.log_metrics(metrics, step)
-
-    # ------------------------------------------------------------------ validation
-
-    def _evaluate(self, model: nn.Module, frame: TensorFrame) -> dict[str, float]:
-        """``val/<key>`` metrics of ``model`` on ``frame`` (eval mode, inference mode, fp32)."""
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                raw = self._validation_metrics(model, frame)
-        finally:
-            model.train(was_training)
-        if not isinstance(raw, Mapping):
-            raise TypeError(f"validation_metrics must return a dict, got {type(raw).__name__}")
-        out = {}
-        for key, value in raw.items():
-            try:
-                out[f"val/{key}"] = float(value)
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"validation metric {key!r} is not a number: {value!r}") from e
-        return out
-
-    def _validation_metrics(self, model: nn.Module, frame: TensorFrame) -> Mapping[str, Any]:
-        """The model's metrics on all of ``frame``. Under ``torchrun``, with a model that
-        splits its protocol into ``validation_outputs`` / ``validation_metrics_from``, each
-        process computes the outputs of a contiguous share of the rows and all processes
-        compute the metrics of the gathered outputs: the same numbers as one process."""
-        batch_size = self.eval_batch_size or self.batch_size
-        outputs_fn = getattr(model, "validation_outputs", None)
-        from_fn = getattr(model, "validation_metrics_from", None)
-        if self.world_size == 1 or outputs_fn is None or from_fn is None:
-            return model.validation_metrics(frame, batch_size)
-        n = len(frame)
-        if n < self.world_size:
-            return model.validation_metrics(frame, batch_size)
-        lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
-        outputs = outputs_fn(frame.subset(slice(lo, hi)), batch_size)
-        gathered = {
-            k: dist_utils.all_gather_rows(v.to(self.device)).cpu() for k, v in outputs.items()
-        }
-        return from_fn(gathered)
-
-    def validate(self, model: nn.Module, frame: TensorFrame) -> dict[str, float]:
-        """Evaluate ``model`` on the whole ``frame``; returns ``{"val/<key>": value}``.
-
-        Moves the model to the trainer's device (it stays there). Does not touch
-        ``history`` or the callbacks.
-        """
-        check_model(model, training=False, validation=True)
-        if len(frame) == 0:
-            raise ValueError("cannot validate on an empty frame")
-        if self.num_threads is not None:
-            torch.set_num_threads(self.num_threads)
-        model.to(self.device)
-        placed, _ = place_frame(frame, self.device, self.data_on_device)
-        return self._evaluate(model, placed)
 
     # ------------------------------------------------------------------ fit
 
