@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ from torch import Tensor
 
 from ..data.frame_layout import encode_rows
 from ..rerank import PAD, Reranker, gather_selected, relevance_order
+from .candidates import as_id_array, first_occurrences, float_tensor, task_depth, user_chunks
 from .oov_tally import OOVTally
 from .pair_encoding import PairEncoder
 
@@ -89,7 +89,7 @@ class Recommender:
         self._item_ids = self.catalog[item_key].to_numpy()
         self._category_values = None if category is None else self.catalog[category].to_numpy()
         self._numeric = {
-            col: _float_tensor(self.catalog[col])
+            col: float_tensor(self.catalog[col])
             for col in self.catalog.columns
             if pd.api.types.is_numeric_dtype(self.catalog[col]) and col != item_key
         }
@@ -138,7 +138,7 @@ class Recommender:
         ):
             shared = self._lookup(list(candidates))
             pos = torch.as_tensor(shared).expand(n_users, -1)
-            return pos, _first_occurrences(pos, torch.ones_like(pos, dtype=torch.bool))
+            return pos, first_occurrences(pos, torch.ones_like(pos, dtype=torch.bool))
         if len(candidates) != n_users:
             raise ValueError(f"got {len(candidates)} candidate lists for {n_users} users")
         width = max((len(c) for c in candidates), default=0)
@@ -149,7 +149,7 @@ class Recommender:
         flat = [item for cand in candidates for item in cand]
         pos = torch.zeros(n_users, width, dtype=torch.long)
         pos[mask] = torch.as_tensor(self._lookup(flat))  # one lookup, row-major order
-        return pos, _first_occurrences(pos, mask)
+        return pos, first_occurrences(pos, mask)
 
     def _lookup(self, items: list) -> np.ndarray:
         values = as_id_array(items) if self._numeric_ids else items
@@ -305,7 +305,7 @@ class Recommender:
                 "recommend_stream takes no per-user candidate lists (they would have to "
                 "follow the chunks); call recommend(chunk, lists) per chunk"
             )
-        for chunk in _user_chunks(users, chunk_rows):
+        for chunk in user_chunks(users, chunk_rows):
             if len(chunk):
                 yield self.recommend(chunk, candidates, k=k, **kwargs)
 
@@ -335,7 +335,7 @@ class Recommender:
     def _fuse(self, objectives: dict[str, Tensor], fusion) -> Tensor:
         if fusion is None:
             binary = [t for t in self.schema.tasks if t.binary]
-            deepest = max(binary, key=lambda t: _depth(self.schema.tasks, t.name))
+            deepest = max(binary, key=lambda t: task_depth(self.schema.tasks, t.name))
             fusion = deepest.joint if deepest.given else deepest.name
         if isinstance(fusion, str):
             if fusion not in objectives:
@@ -360,63 +360,3 @@ class Recommender:
         if self._category_values is not None:
             out["category"] = self._category_values[cat_rows]
         return out
-
-
-def as_id_array(items: list) -> Any:
-    """``items`` as an int64 array when they are all integers (a fast index lookup), else
-    unchanged: no float is truncated and no number is turned into a string."""
-    try:
-        values = np.asarray(items)
-    except (OverflowError, ValueError, TypeError):
-        return items
-    return values if values.dtype.kind in "iu" and values.ndim == 1 else items
-
-
-def _float_tensor(column: pd.Series) -> Tensor | None:
-    """float32 values of a numeric catalog column (``None`` when they do not convert)."""
-    try:
-        return torch.from_numpy(np.array(column.to_numpy(np.float32)))  # a writable copy
-    except (TypeError, ValueError):
-        return None
-
-
-def _depth(tasks, name: str) -> int:
-    by = {t.name: t for t in tasks}
-    d = 0
-    while by[name].given is not None:
-        name = by[name].given
-        d += 1
-    return d
-
-
-def _first_occurrences(pos: Tensor, mask: Tensor) -> Tensor:
-    """``mask [B, N]`` with every repeat of a catalog position in a row masked out (the first
-    occurrence stays), so an item listed twice among a user's candidates is ranked once."""
-    keyed = pos.masked_fill(~mask, -1)
-    ordered, order = keyed.sort(dim=1, stable=True)  # equal positions keep their list order
-    repeat = torch.zeros_like(mask)
-    repeat[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
-    return mask & ~torch.zeros_like(mask).scatter_(1, order, repeat)
-
-
-def _user_chunks(users: Any, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """DataFrames of at most ``chunk_rows`` users from a frame, an iterable of frames or
-    Parquet files."""
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
-    if isinstance(users, pd.DataFrame):
-        for start in range(0, len(users), chunk_rows):
-            yield users.iloc[start : start + chunk_rows]
-        return
-    if isinstance(users, (str, os.PathLike)):
-        import pyarrow.dataset as ds
-
-        for batch in ds.dataset(os.fspath(users), format="parquet").to_batches(
-            batch_size=chunk_rows
-        ):
-            yield batch.to_pandas()
-        return
-    for i, frame in enumerate(users):
-        if not isinstance(frame, pd.DataFrame):
-            raise TypeError(f"user chunk {i} is a {type(frame).__name__}, not a DataFrame")
-        yield from _user_chunks(frame, chunk_rows)

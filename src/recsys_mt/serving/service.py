@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .recommender import as_id_array
+from .candidates import as_id_array
 from .service_batcher import Batcher
 from .service_schema import item_id_type, request_models
 from .service_state import ModelSlot, SwapError
