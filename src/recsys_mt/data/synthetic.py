@@ -83,6 +83,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .synthetic_sampling import _calibrate_intercept, _sample_by_logits, _sample_histories, _sigmoid
+from .synthetic_titles import (
+    CATEGORY_NOUNS,
+    HIGH_QUALITY_WORDS,
+    LOW_QUALITY_WORDS,
+    _category_names,
+    _make_titles,
+)
+
 __all__ = [
     "CATEGORY_NOUNS",
     "HIGH_QUALITY_WORDS",
@@ -92,117 +101,8 @@ __all__ = [
 ]
 
 # (noun synonyms, consumable) per category; categories past the list reuse it with a prefix.
-CATEGORY_NOUNS: tuple[tuple[tuple[str, ...], bool], ...] = (
-    (("coffee", "espresso"), True),
-    (("headphones", "earbuds"), False),
-    (("shampoo", "conditioner"), True),
-    (("sneakers", "trainers"), False),
-    (("backpack", "rucksack"), False),
-    (("vitamins", "supplements"), True),
-    (("lamp", "lantern"), False),
-    (("jacket", "coat"), False),
-    (("tea", "infusion"), True),
-    (("blender", "mixer"), False),
-    (("notebook", "journal"), False),
-    (("detergent", "cleaner"), True),
-    (("watch", "smartwatch"), False),
-    (("mug", "cup"), False),
-    (("toothpaste", "mouthwash"), True),
-    (("sunglasses", "shades"), False),
-    (("charger", "adapter"), False),
-    (("kibble", "petfood"), True),
-    (("pillow", "cushion"), False),
-    (("keyboard", "keypad"), False),
-    (("snacks", "chips"), True),
-    (("tent", "shelter"), False),
-    (("wallet", "purse"), False),
-    (("razor", "blades"), True),
-    (("speaker", "soundbar"), False),
-    (("pasta", "noodles"), True),
-    (("drone", "quadcopter"), False),
-    (("lotion", "moisturizer"), True),
-    (("tablet", "ereader"), False),
-    (("candles", "incense"), True),
-)
-_CATEGORY_PREFIXES = ("kids", "travel", "outdoor", "office", "garden", "sport", "home", "party")
-
-HIGH_QUALITY_WORDS: tuple[str, ...] = (
-    "premium",
-    "durable",
-    "organic",
-    "luxury",
-    "handcrafted",
-    "professional",
-    "deluxe",
-    "artisan",
-)
-LOW_QUALITY_WORDS: tuple[str, ...] = ("basic", "budget", "cheap", "economy", "generic", "discount")
-_FILLER_WORDS: tuple[str, ...] = (
-    "classic",
-    "modern",
-    "compact",
-    "lightweight",
-    "everyday",
-    "portable",
-    "vintage",
-    "slim",
-    "large",
-    "mini",
-    "red",
-    "blue",
-    "black",
-    "white",
-    "green",
-    "grey",
-    "cotton",
-    "steel",
-    "wooden",
-    "bamboo",
-    "ceramic",
-    "leather",
-    "wireless",
-    "eco",
-    "original",
-    "family",
-    "travel-size",
-    "twin",
-)
-_BRAND_SYLLABLES: tuple[str, ...] = (
-    "ka",
-    "lo",
-    "mi",
-    "ze",
-    "tor",
-    "van",
-    "ri",
-    "no",
-    "su",
-    "bel",
-    "dax",
-    "fen",
-    "gra",
-    "hu",
-    "jo",
-    "kel",
-    "mar",
-    "nix",
-    "ora",
-    "pix",
-    "qua",
-    "ros",
-    "syl",
-    "tek",
-    "ul",
-    "vo",
-    "wex",
-    "yan",
-    "zu",
-    "bri",
-)
-
 _T0 = 1_700_000_000  # first timestamp (seconds)
 _SPAN = 30 * 86_400  # about 30 days of impressions
-_MAX_CHUNK = 4_000_000  # users x items cells materialised at once
 
 
 @dataclass
@@ -274,40 +174,6 @@ def _check_fractions(fractions: Any) -> np.ndarray:
     return fr
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def _calibrate_intercept(z: np.ndarray, target: float, weights: np.ndarray | None) -> float:
-    """The ``b`` with ``sum(w * sigmoid(z + b)) / sum(w) = target`` (safeguarded Newton)."""
-    if weights is None:
-        w = np.full(len(z), 1.0 / len(z))
-    else:
-        total = float(weights.sum())
-        if not total > 0:  # all weights zero: any intercept is as good as another
-            return math.log(target / (1.0 - target))
-        w = weights / total
-    lo, hi = -40.0 - float(z.max()), 40.0 - float(z.min())
-    b = math.log(target / (1.0 - target)) - float(np.dot(w, z))
-    b = min(max(b, lo), hi)
-    for _ in range(100):
-        p = _sigmoid(z + b)
-        f = float(np.dot(w, p)) - target
-        if f < 0:
-            lo = b
-        else:
-            hi = b
-        slope = float(np.dot(w, p * (1.0 - p)))
-        step = f / slope if slope > 0 else math.inf
-        nb = b - step
-        if not lo < nb < hi:
-            nb = 0.5 * (lo + hi)
-        if abs(nb - b) < 1e-10 or hi - lo < 1e-10:
-            return nb
-        b = nb
-    return b
-
-
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -337,163 +203,6 @@ def _check_unit(name: str, value: Any) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value}")
     return value
-
-
-def _category_names(n_categories: int) -> tuple[list[tuple[str, ...]], np.ndarray]:
-    """Noun synonyms and consumable flags for each category."""
-    nouns: list[tuple[str, ...]] = []
-    consumable = np.zeros(n_categories, dtype=bool)
-    n_base = len(CATEGORY_NOUNS)
-    for c in range(n_categories):
-        words, cons = CATEGORY_NOUNS[c % n_base]
-        rnd = c // n_base
-        if rnd == 0:
-            syn = words
-        elif rnd <= len(_CATEGORY_PREFIXES):
-            syn = tuple(f"{_CATEGORY_PREFIXES[rnd - 1]} {w}" for w in words)
-        else:
-            syn = tuple(f"{w}{rnd}" for w in words)
-        nouns.append(syn)
-        consumable[c] = cons
-    return nouns, consumable
-
-
-def _make_titles(
-    rng: np.random.Generator,
-    category: np.ndarray,
-    quality: np.ndarray,
-    nouns: list[tuple[str, ...]],
-) -> list[str]:
-    n = len(category)
-    n_brands = max(20, n // 8)
-    syl = np.asarray(_BRAND_SYLLABLES)
-    n_syl = rng.integers(2, 4, size=n_brands)
-    parts = rng.integers(0, len(syl), size=(n_brands, 3))
-    brands = ["".join(syl[parts[b, : n_syl[b]]]).capitalize() for b in range(n_brands)]
-    item_brand = rng.integers(0, n_brands, size=n)
-    p_high = np.stack([_sigmoid(1.5 * quality - 1.0), _sigmoid(1.5 * quality - 2.5)], axis=1)
-    p_low = np.stack([_sigmoid(-1.5 * quality - 1.0), _sigmoid(-1.5 * quality - 2.5)], axis=1)
-
-    def pick(m: int, pool: tuple[str, ...]) -> list[list[str]]:
-        """Two distinct words of ``pool`` per row, in random order."""
-        idx = np.argsort(rng.random((m, len(pool))), axis=1)[:, :2]
-        return [[pool[a], pool[b]] for a, b in idx.tolist()]
-
-    def draw(idx: np.ndarray) -> list[str]:
-        m = len(idx)
-        k_high = (rng.random((m, 2)) < p_high[idx]).sum(axis=1).tolist()
-        k_low = (rng.random((m, 2)) < p_low[idx]).sum(axis=1).tolist()
-        k_fill = rng.integers(1, 3, size=m).tolist()
-        high = pick(m, HIGH_QUALITY_WORDS)
-        low = pick(m, LOW_QUALITY_WORDS)
-        fill = pick(m, _FILLER_WORDS)
-        order = rng.random((m, 6)).tolist()
-        syn_u = rng.random(m).tolist()
-        out = []
-        for r, i in enumerate(idx.tolist()):
-            words = high[r][: k_high[r]] + low[r][: k_low[r]] + fill[r][: k_fill[r]]
-            keys = order[r]
-            words = [w for _, w in sorted(zip(keys, words))]
-            syn = nouns[category[i]]
-            noun = syn[int(syn_u[r] * len(syn))]
-            out.append(" ".join([brands[item_brand[i]], *words, noun]))
-        return out
-
-    titles = draw(np.arange(n))
-    # re-draw repeated titles a few times (the first occurrence keeps its title)
-    for _ in range(10):
-        seen: set[str] = set()
-        dup = []
-        for i, t in enumerate(titles):
-            if t in seen:
-                dup.append(i)
-            seen.add(t)
-        if not dup:
-            break
-        dup_idx = np.asarray(dup, dtype=np.int64)
-        for i, t in zip(dup, draw(dup_idx)):
-            titles[i] = t
-    return titles
-
-
-def _sample_by_logits(
-    rng: np.random.Generator,
-    user_vecs: np.ndarray,
-    item_vecs: np.ndarray,
-    temperature: float,
-    draw_users: np.ndarray,
-) -> np.ndarray:
-    """For each entry of ``draw_users`` an item drawn with p(i) ~ exp(temperature * a_ui)."""
-    n_users = user_vecs.shape[0]
-    n_items = item_vecs.shape[0]
-    scale = temperature / math.sqrt(item_vecs.shape[1])
-    out = np.empty(len(draw_users), dtype=np.int64)
-    order = np.argsort(draw_users, kind="stable")
-    sorted_users = draw_users[order]
-    u01 = rng.random(len(draw_users))
-    user32 = (user_vecs * scale).astype(np.float32)
-    item32 = np.ascontiguousarray(item_vecs.T, dtype=np.float32)
-    step = max(1, _MAX_CHUNK // n_items)
-    for s in range(0, n_users, step):
-        e = min(n_users, s + step)
-        a, b = np.searchsorted(sorted_users, [s, e])
-        if a == b:
-            continue
-        logits = user32[s:e] @ item32
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        cdf = np.cumsum(logits, axis=1, dtype=np.float64)
-        cdf /= cdf[:, -1:]
-        cdf += np.arange(e - s, dtype=np.float64)[:, None]
-        rows = sorted_users[a:b] - s
-        pos = np.searchsorted(cdf.ravel(), rows + u01[a:b], side="right")
-        out[order[a:b]] = np.clip(pos - rows * n_items, 0, n_items - 1)
-    return out
-
-
-def _sample_histories(
-    rng: np.random.Generator,
-    user_vecs: np.ndarray,
-    item_vecs: np.ndarray,
-    temperature: float,
-    lengths: np.ndarray,
-) -> np.ndarray:
-    """Per user ``lengths[u]`` distinct items, p ~ exp(temperature * a_ui), random order."""
-    n_users = user_vecs.shape[0]
-    n_items = item_vecs.shape[0]
-    scale = temperature / math.sqrt(item_vecs.shape[1])
-    out = np.empty(n_users, dtype=object)
-    k_max = int(lengths.max()) if n_users else 0
-    user32 = (user_vecs * scale).astype(np.float32)
-    item32 = np.ascontiguousarray(item_vecs.T, dtype=np.float32)
-    step = max(1, _MAX_CHUNK // n_items)
-    for s in range(0, n_users, step):
-        e = min(n_users, s + step)
-        m = e - s
-        if k_max == 0:
-            for u in range(s, e):
-                out[u] = []
-            continue
-        # Gumbel top-k in float32: keys = -(logits + Gumbel) = log(Exp(1)) - logits, smallest win
-        keys = rng.standard_exponential(size=(m, n_items), dtype=np.float32)
-        np.maximum(keys, np.float32(1e-30), out=keys)  # float32 draws can be exactly 0
-        np.log(keys, out=keys)
-        keys -= user32[s:e] @ item32
-        if k_max < n_items:
-            top = np.argpartition(keys, k_max - 1, axis=1)[:, :k_max]
-        else:
-            top = np.broadcast_to(np.arange(n_items), (m, n_items)).copy()
-        top_keys = np.take_along_axis(keys, top, axis=1)
-        top = np.take_along_axis(top, np.argsort(top_keys, axis=1), axis=1)
-        # keep the best lengths[u] per row, then shuffle them into a random chronology
-        lens = lengths[s:e]
-        shuffle_keys = rng.random((m, k_max))
-        shuffle_keys[np.arange(k_max)[None, :] >= lens[:, None]] = np.inf
-        top = np.take_along_axis(top, np.argsort(shuffle_keys, axis=1), axis=1)
-        rows = top.tolist()
-        for r in range(m):
-            out[s + r] = rows[r][: lens[r]]
-    return out
 
 
 def make_funnel_data(
