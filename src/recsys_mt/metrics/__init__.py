@@ -5,8 +5,8 @@
 * :mod:`.ranking`: ``ndcg_at_k``, ``recall_at_k``, ``hit_rate_at_k``, ``mrr`` (rank by scores)
   and ``ndcg_of_ranking``, ``list_ndcg``, ``list_recall``, ``list_hit_rate``, ``list_mrr``
   (evaluate given lists), batched over users ``[B, N]``;
-* :mod:`.diversity`: ``intra_list_diversity``, ``category_coverage``, ``category_entropy``,
-  ``novelty``, ``alpha_ndcg`` for recommended lists ``[B, k]``;
+* :mod:`.diversity` and :mod:`.alpha_ndcg`: ``intra_list_diversity``, ``category_coverage``,
+  ``category_entropy``, ``novelty``, ``alpha_ndcg`` for recommended lists ``[B, k]``;
 * :mod:`.calibration`: ``ece`` (expected calibration error) and ``reliability_curve``;
 * :mod:`.streaming`: ``StreamingAUC``, ``StreamingGAUC``, ``StreamingLogLoss``;
 * :mod:`.plot`: ``plot_reliability`` (needs matplotlib, imported only when drawing).
@@ -15,10 +15,10 @@ All functions accept numpy arrays or torch tensors (any device). Only ``torch`` 
 are imported; nothing else from ``recsys_mt``.
 """
 
+from .alpha_ndcg import alpha_ndcg
 from .calibration import ece, reliability_curve
 from .classification import auc, calibration_ratio, gauc, logloss, mse, rmse
 from .diversity import (
-    alpha_ndcg,
     category_coverage,
     category_entropy,
     intra_list_diversity,
