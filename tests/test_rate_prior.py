@@ -11,7 +11,8 @@ import torch
 
 import recsys_mt as rm
 from recsys_mt.data.features import OOV_ID
-from recsys_mt.model.rate_prior_fit import count_tables, fit_logistic, fit_rate_prior
+from recsys_mt.model.calibration import fit_logistic
+from recsys_mt.model.rate_prior_fit import count_tables, fit_rate_prior
 
 PARENTS = [None, 0]  # ctr, cvr given ctr
 

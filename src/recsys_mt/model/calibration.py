@@ -53,19 +53,64 @@ def observed_rows(labels: Tensor, parents: list[int | None]) -> Tensor:
     return torch.stack(cols, dim=1) if cols else torch.zeros_like(y, dtype=torch.bool)
 
 
-def _loss(z: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    u = a * z + b
+def logistic_loss(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """Mean log loss of ``σ(x @ w)`` against ``y`` (``x [n, k]``, ``w [k]``)."""
+    u = x @ w
     return (F.softplus(u) - y * u).mean()
+
+
+def fit_logistic(x: Tensor, y: Tensor, max_iter: int = 50, tol: float = 1e-10) -> Tensor:
+    """Coefficients ``w`` minimising the mean log loss of ``σ(x @ w)``; ``w[0]`` (the model
+    logit's slope) is projected onto ``[SLOPE_MIN, SLOPE_MAX]`` after every step, so the model's
+    order is never reversed. Damped Newton steps in float64 with a backtracking (Armijo) line
+    search, starting from ``w = (1, 0, …)``.
+
+    Args:
+        x: ``[n, k]`` inputs, the model logit first (a column of ones fits an intercept).
+        y: ``[n]`` binary labels in {0, 1}.
+        max_iter: maximum number of Newton steps.
+        tol: stop when the largest gradient entry is below this.
+
+    Returns:
+        ``[k]`` float64 coefficients.
+    """
+    x = x.detach().to(torch.float64)
+    y = y.detach().reshape(-1).to(device=x.device, dtype=torch.float64)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    w[0] = 1.0
+    loss = logistic_loss(x, y, w)
+    ridge = torch.eye(x.shape[1], dtype=torch.float64, device=x.device) * 1e-12
+    for _ in range(max_iter):
+        p = torch.sigmoid(x @ w)
+        g = x.T @ (p - y) / len(y)
+        if float(g.abs().max()) < tol:
+            break
+        h = (x * (p * (1 - p))[:, None]).T @ x / len(y) + ridge
+        step = -torch.linalg.solve(h, g)
+        t, accepted = 1.0, False
+        while t > 1e-10:
+            new_w = w + t * step
+            new_w[0] = new_w[0].clamp(SLOPE_MIN, SLOPE_MAX)
+            new = logistic_loss(x, y, new_w)
+            if bool(new <= loss + 1e-4 * (new_w - w) @ g):
+                accepted = True
+                break
+            t *= 0.5
+        if not accepted:
+            break
+        converged = bool((new_w - w).abs().max() < 1e-12)
+        w, loss = new_w, new
+        if converged:
+            break
+    return w
 
 
 def fit_scaling(
     z: Tensor, y: Tensor, fit_bias: bool, max_iter: int = 50, tol: float = 1e-10
 ) -> tuple[float, float]:
-    """Fit ``(a, b)`` minimising the mean log loss of ``σ(a z + b)`` against ``y``.
-
-    Damped Newton steps in float64 with a backtracking (Armijo) line search; ``a`` is projected
-    onto ``[SLOPE_MIN, SLOPE_MAX]`` after every step. With ``fit_bias=False`` (temperature
-    scaling) ``b`` stays 0.
+    """Fit ``(a, b)`` minimising the mean log loss of ``σ(a z + b)`` against ``y``
+    (:func:`fit_logistic` on ``[z, 1]``). With ``fit_bias=False`` (temperature scaling) ``b``
+    stays 0.
 
     Args:
         z: ``[n]`` logits.
@@ -77,47 +122,10 @@ def fit_scaling(
     Returns:
         ``(a, b)`` as Python floats.
     """
-    z = z.detach().reshape(-1).to(torch.float64)
-    y = y.detach().reshape(-1).to(torch.float64)
-    a = torch.tensor(1.0, dtype=torch.float64, device=z.device)
-    b = torch.zeros_like(a)
-    loss = _loss(z, y, a, b)
-    ridge = 1e-12
-    for _ in range(max_iter):
-        p = torch.sigmoid(a * z + b)
-        r, w = p - y, p * (1 - p)
-        if fit_bias:
-            g = torch.stack([(r * z).mean(), r.mean()])
-            h_ab = (w * z).mean()
-            h = torch.stack(
-                [
-                    torch.stack([(w * z * z).mean() + ridge, h_ab]),
-                    torch.stack([h_ab, w.mean() + ridge]),
-                ]
-            )
-            step = -torch.linalg.solve(h, g)
-        else:
-            g = (r * z).mean().reshape(1)
-            step = -g / ((w * z * z).mean() + ridge)
-        if float(g.abs().max()) < tol:
-            break
-        t, accepted = 1.0, False
-        while t > 1e-10:
-            a_new = (a + t * step[0]).clamp(SLOPE_MIN, SLOPE_MAX)
-            b_new = b + t * step[1] if fit_bias else b
-            new = _loss(z, y, a_new, b_new)
-            moved = (a_new - a) * g[0] + ((b_new - b) * g[1] if fit_bias else 0.0)
-            if bool(new <= loss + 1e-4 * moved):
-                accepted = True
-                break
-            t *= 0.5
-        if not accepted:
-            break
-        converged = bool((a_new - a).abs() < 1e-12 and (b_new - b).abs() < 1e-12)
-        a, b, loss = a_new, b_new, new
-        if converged:
-            break
-    return float(a), float(b)
+    z = z.detach().reshape(-1, 1).to(torch.float64)
+    x = torch.cat([z, torch.ones_like(z)], 1) if fit_bias else z
+    w = fit_logistic(x, y, max_iter, tol)
+    return float(w[0]), float(w[1]) if fit_bias else 0.0
 
 
 def fit_calibration(

@@ -33,13 +33,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.features import OOV_ID
-from .calibration import SLOPE_MAX, SLOPE_MIN, observed_rows
+from .calibration import fit_logistic, logistic_loss, observed_rows
 
-__all__ = ["PriorChoice", "SMOOTHING_GRID", "count_tables", "fit_logistic", "fit_rate_prior"]
+__all__ = ["PriorChoice", "SMOOTHING_GRID", "count_tables", "fit_rate_prior"]
 
 #: Smoothing strengths ``m`` tried per feature and task.
 SMOOTHING_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
@@ -103,51 +102,7 @@ def _smoothed_logit(num: Tensor, den: Tensor, m: float) -> Tensor:
     return torch.log(rate) - torch.log1p(-rate)
 
 
-def _loss(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
-    u = x @ w
-    return (F.softplus(u) - y * u).mean()
-
-
-def fit_logistic(x: Tensor, y: Tensor, max_iter: int = 50, tol: float = 1e-10) -> Tensor:
-    """Coefficients ``w`` minimising the mean log loss of ``σ(x @ w)``; ``w[0]`` (the model
-    logit's slope) is kept in ``[SLOPE_MIN, SLOPE_MAX]`` so the model's order is never
-    reversed. Damped Newton steps in float64 with an Armijo line search.
-
-    Args:
-        x: ``[n, k]`` inputs; the last column is usually all ones (the intercept).
-        y: ``[n]`` binary labels.
-    """
-    x, y = x.to(torch.float64), y.to(torch.float64)
-    w = torch.zeros(x.shape[1], dtype=torch.float64)
-    w[0] = 1.0
-    loss = _loss(x, y, w)
-    eye = torch.eye(x.shape[1], dtype=torch.float64) * 1e-9
-    for _ in range(max_iter):
-        p = torch.sigmoid(x @ w)
-        g = x.T @ (p - y) / len(y)
-        if float(g.abs().max()) < tol:
-            break
-        h = (x * (p * (1 - p))[:, None]).T @ x / len(y) + eye
-        step = -torch.linalg.solve(h, g)
-        t, accepted = 1.0, False
-        while t > 1e-10:
-            new_w = w + t * step
-            new_w[0] = new_w[0].clamp(SLOPE_MIN, SLOPE_MAX)
-            new = _loss(x, y, new_w)
-            if bool(new <= loss + 1e-4 * float((new_w - w) @ g)):
-                accepted = True
-                break
-            t *= 0.5
-        if not accepted:
-            break
-        done = bool((new_w - w).abs().max() < 1e-12)
-        w, loss = new_w, new
-        if done:
-            break
-    return w
-
-
-def binary_task(tables: list[list[tuple[Tensor, Tensor] | None]], t: int) -> bool:
+def _has_candidates(tables: list[list[tuple[Tensor, Tensor] | None]], t: int) -> bool:
     """True when some column has counts for task ``t`` (a binary task with candidates)."""
     return any(per_task[t] is not None for per_task in tables)
 
@@ -158,7 +113,7 @@ def _cv_loss(x: Tensor, y: Tensor, fold: Tensor) -> float:
     for k in (0, 1):
         fit, held = fold != k, fold == k
         w = fit_logistic(x[fit], y[fit])
-        total += float(_loss(x[held], y[held], w)) * int(held.sum())
+        total += float(logistic_loss(x[held], y[held], w)) * int(held.sum())
     return total / len(y)
 
 
@@ -206,7 +161,7 @@ def fit_rate_prior(
         yt, zt, fold = y[sel, t], z[sel, t], fold_all[sel]
         n_pos = int((yt == 1).sum())
         small = min(int((fold == 0).sum()), int((fold == 1).sum())) < MIN_FOLD_ROWS
-        if not binary_task(tables, t) or small or n_pos in (0, len(yt)):
+        if not _has_candidates(tables, t) or small or n_pos in (0, len(yt)):
             out.append(None)
             continue
         ones = torch.ones_like(zt)
@@ -218,7 +173,7 @@ def fit_rate_prior(
             num, den = per_task[t]  # type: ignore[misc]
             ids = sparse[sel, s].clamp(0, len(den) - 1)
             candidates = [_smoothed_logit(num, den, m) for m in SMOOTHING_GRID]
-            table = min(candidates, key=lambda lt: float(_loss(lt[ids][:, None], yt, _UNIT)))
+            table = min(candidates, key=lambda lt: float(logistic_loss(lt[ids, None], yt, _UNIT)))
             cv = _cv_loss(torch.stack([zt, table[ids], ones], 1), yt, fold)
             if best is None or cv < best[0]:
                 best = (cv, s, table)
