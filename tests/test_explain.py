@@ -9,6 +9,7 @@ gets zeros; bad input is refused; the model's parameters and modes are left as t
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 import pandas as pd
@@ -181,23 +182,65 @@ def test_planted_signal_gets_the_attribution_mass():
     assert cvr.idxmax() == "price" and cvr["price"] > 0.45, cvr
 
 
-def test_explaining_leaves_parameters_grads_and_modes_alone(trained):
+def test_explaining_leaves_parameters_and_grads_alone_and_the_model_in_eval_mode(trained):
     model, _, df = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    model.head.eval()  # a mixed state must come back as it was
-    modes = {name: m.training for name, m in model.named_modules()}
+    model.head.eval()  # a mixed state: every module ends in eval mode, as after predict
     for p in model.parameters():
         p.grad = None
     first = model.explain(df.iloc[:10], task="ctr")
     second = model.explain(df.iloc[:10], task="ctr")  # id dropout off: deterministic
     pd.testing.assert_frame_equal(first, second)
-    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert not any(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert "_lookup" not in vars(model.encoders[0])
+    want = model.predict_logits(df.iloc[:50])
+    torch.testing.assert_close(model.predict_logits(df.iloc[:50]), want, rtol=0, atol=0)
+
+
+def test_other_threads_score_and_explain_with_the_model_while_it_explains(trained):
+    """The explanation's routed id lookups stay in its own thread: a concurrent predict gets
+    exactly the plain logits and a concurrent explain exactly its lone result."""
+    model, _, df = trained
     model.eval()
+    rows, other = df.iloc[:120], df.iloc[200:216]
+    want_logits = model.predict_logits(rows)
+    want_alone = model.explain(other, task="cvr", n_steps=8)
+    failures: list[str] = []
+    done = threading.Event()
+
+    def score() -> None:
+        try:
+            while not done.is_set():
+                got = model.predict_logits(rows, batch_size=16)
+                if not torch.equal(got, want_logits):
+                    failures.append("predict differs")
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            failures.append(repr(e))
+
+    def explain_other() -> None:
+        try:
+            for _ in range(3):
+                got = model.explain(other, task="cvr", n_steps=8)
+                if not got.equals(want_alone):
+                    failures.append("explain differs")
+        except Exception as e:  # noqa: BLE001
+            failures.append(repr(e))
+
+    workers = [threading.Thread(target=score), threading.Thread(target=explain_other)]
+    for w in workers:
+        w.start()
+    try:
+        mine = model.explain(rows, task="ctr", n_steps=16, batch_size=8)
+    finally:
+        workers[1].join()
+        done.set()
+        workers[0].join()
+    assert failures == []
+    np.testing.assert_allclose(mine["logit"], want_logits[:, 0].double().numpy(), atol=1e-5)
 
 
 def test_bad_input_is_refused_before_anything_runs(trained, monkeypatch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from types import MappingProxyType
 from typing import Any
 
@@ -15,6 +18,28 @@ from .base import Encoder, masked_mean
 from .sparse_embedding import row_sparse_embedding
 
 POOLINGS = ("mean", "attention")
+
+_ROUTES = threading.local()  # .table: {id(IDEmbedding): lookup} of the current thread
+
+
+@contextlib.contextmanager
+def routed_lookups(routes: dict[Any, Callable[[Tensor, int], Tensor]]) -> Iterator[None]:
+    """Within the block, and in the calling thread only, each ``IDEmbedding`` in ``routes``
+    looks up its tables through ``routes[encoder](ids, dim)`` (``ids [...]`` →
+    ``[..., dim]``) instead of its own tables.
+
+    Other threads using the same modules at the same time see the plain lookups (what
+    :func:`~recsys_mt.model.explain.explain` relies on). Blocks nest; the previous routes
+    come back on exit, also after an error.
+    """
+    previous = getattr(_ROUTES, "table", None)
+    table = dict(previous or {})
+    table.update({id(enc): fn for enc, fn in routes.items()})
+    _ROUTES.table = table
+    try:
+        yield
+    finally:
+        _ROUTES.table = previous
 
 
 class TargetAttention(nn.Module):
@@ -188,6 +213,11 @@ class IDEmbedding(Encoder):
         return self.tables[self.dims.index(dim)]
 
     def _lookup(self, ids: Tensor, dim: int) -> Tensor:
+        table = getattr(_ROUTES, "table", None)
+        if table:
+            route = table.get(id(self))
+            if route is not None:
+                return route(ids, dim)
         if self.sparse_grad and self.training and torch.is_grad_enabled():
             return row_sparse_embedding(self._table(dim), ids)
         return F.embedding(ids, self._table(dim))

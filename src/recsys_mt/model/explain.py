@@ -152,10 +152,11 @@ def explain(
         TypeError: an encoder explain cannot attribute through.
         ImportError: Captum is not installed.
 
-    The model is explained in eval mode and left in the train / eval state it was in; its
-    parameters and their ``.grad`` are not changed. While it runs, the model's IDEmbedding
-    lookups are routed through the explanation: do not score with the same model from another
-    thread at the same time.
+    Like :meth:`predict`, it puts the model in eval mode and leaves it there (restoring a
+    training mode afterwards would switch id dropout on under another thread that is scoring
+    with the model); its parameters and their ``.grad`` are not changed. The model's
+    IDEmbedding lookups are routed through the explanation in the calling thread only, so
+    other threads may score with the model, or explain with it, at the same time.
     """
     fn = _target_fn(model, task, target)
     if baseline not in BASELINES:
@@ -177,15 +178,10 @@ def explain(
     if len(frame) == 0:
         raise ValueError("explain: the frame has 0 rows: nothing to explain")
     check_frame(model, set(frame.keys()))
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        columns = _run(
-            model, frame, fn, baseline, n_steps, batch_size, progress_bar, integrated_gradients
-        )
-    finally:
-        for m, was in modes.items():
-            m.training = was
+    model.eval()  # every module (a mixed train / eval state included): no id dropout
+    columns = _run(
+        model, frame, fn, baseline, n_steps, batch_size, progress_bar, integrated_gradients
+    )
     feats = feature_order(model, [c for c in columns if "/" not in c])  # names have no "/"
     table = {name: columns[name] for name in feats}
     if encoders:

@@ -14,7 +14,7 @@ input, and a forward function that runs encoders → fusion → head from them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..data.features import OOV_ID, PAD_ID
 from ..encoders import DenseEncoder, IDEmbedding, VectorEncoder
+from ..encoders.id_embedding import routed_lookups
 
 __all__ = ["BASELINES", "InputPart", "InputPlan"]
 
@@ -122,19 +123,15 @@ class InputPlan:
         self._captured: dict[int, dict[int, Tensor]] = {}
         self.keys: list[str] = []  # batch tensors passed alongside the inputs
 
-    @contextlib.contextmanager
-    def patched(self) -> Iterator[None]:
-        """Route every IDEmbedding's table lookups through this plan while active."""
-        patched = []
-        try:
-            for i, enc in enumerate(self.model.encoders):
-                if isinstance(enc, IDEmbedding):
-                    enc._lookup = self._lookup_for(i, enc)
-                    patched.append(enc)
-            yield
-        finally:
-            for enc in patched:
-                del enc._lookup
+    def patched(self) -> contextlib.AbstractContextManager[None]:
+        """Route every IDEmbedding's table lookups through this plan while active, in the
+        calling thread only (other threads scoring with the model see its own tables)."""
+        routes = {
+            enc: self._lookup_for(i, enc)
+            for i, enc in enumerate(self.model.encoders)
+            if isinstance(enc, IDEmbedding)
+        }
+        return routed_lookups(routes)
 
     def _lookup_for(self, i: int, enc: IDEmbedding) -> Callable[[Tensor, int], Tensor]:
         def lookup(ids: Tensor, dim: int) -> Tensor:
