@@ -297,34 +297,60 @@ def tiny_bert(folder) -> str:
     return str(folder)
 
 
-def test_text_towers_grow_only_without_an_item_key(tmp_path, monkeypatch):
+@pytest.mark.filterwarnings("ignore::recsys_mt.OOVWarning")
+def test_text_towers_grow_and_learn_the_new_items_texts(tmp_path, monkeypatch):
+    """An item-keyed tower's item -> text map grows with the vocabulary: rows that carry their
+    text score exactly as before; once a frame brings a new item's text, a row of that item
+    without text (and a history holding it) reads it; the grown map round-trips."""
     pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tiny_bert(tmp_path / "bert")
     df = pd.DataFrame(
         {
-            "item_id": ["a", "b", "a", "c"],
-            "title": ["red shirt", "blue shirt", "red shirt", "good shirt"],
-            "query": ["red", "blue", "good", "red"],
-            "click": [1, 0, 1, 0],
+            "item_id": ["a", "b", "a", "c", "c"],
+            "hist": [[], ["a"], ["a", "b"], ["b"], ["a"]],
+            "title": ["red shirt", "blue shirt", "red shirt", "good shirt", "good shirt"],
+            "query": ["red", "blue", "good", "red", "blue"],
+            "click": [1, 0, 1, 0, 1],
         }
     )
-    schema = rm.Schema(
-        [rm.Sparse("item_id", dim=4), rm.Text("title", key="item_id"), rm.Text("query")],
-        tasks=[rm.Task("ctr", "click")],
-    )
+    features = [
+        rm.Sparse("item_id", dim=4),
+        rm.Sequence("hist", vocab_from="item_id", max_len=3),
+        rm.Text("title", key="item_id"),
+        rm.Text("query"),
+    ]
+    schema = rm.Schema(features, tasks=[rm.Task("ctr", "click")], min_groups=None)
     schema.fit(df.iloc[:3])
     new_schema, growth = schema.update(df)
     assert growth.added == {"item_id": 1}
-    for feature, grows in (("query", True), ("title", False)):
-        torch.manual_seed(0)
-        tower = rm.BertTextTower(path, feature=feature, max_length=8, progress_bar=False)
-        model = rm.MultiTaskModel(schema, encoders=[rm.IDEmbedding(), tower])
-        if grows:
-            assert model.grow(new_schema) == {"item_id": 1}
-            assert model.encoders[0].tables[0].shape[0] == new_schema.vocab_size("item_id")
-        else:
-            with pytest.raises(NotImplementedError, match=r"encoder 1 \(BertTextTower\).*key="):
-                model.grow(new_schema)
-            assert model.schema is schema
-            assert model.encoders[0].tables[0].shape[0] == schema.vocab_size("item_id")
+    torch.manual_seed(0)
+    towers = [
+        rm.BertTextTower(path, feature="title", history="hist", max_length=8, progress_bar=False),
+        rm.BertTextTower(path, feature="query", max_length=8, progress_bar=False),
+    ]
+    model = rm.MultiTaskModel(schema, encoders=[rm.IDEmbedding(), *towers])
+    model.eval()
+    with_text = df.iloc[3:]  # the new item "c", with its title
+    no_text = pd.DataFrame(
+        {"item_id": ["c"], "hist": [["c"]], "title": [None], "query": ["red"], "click": [0]}
+    )
+    before = model.predict_logits(with_text)
+    before_no_text = model.predict_logits(no_text)
+    assert model.grow(new_schema) == {"item_id": 1}
+    title = model.encoders[1]
+    assert title.item_rows.shape[0] == new_schema.vocab_size("item_id")
+    c = new_schema.encode_ids("item_id", ["c"])[0]
+    assert int(title.item_rows[c]) == 0  # no text yet: scored as while "c" was unknown
+    torch.testing.assert_close(model.predict_logits(no_text), before_no_text, rtol=0, atol=0)
+    # rows with their own text: bit for bit as before; preparing them teaches c -> its title
+    torch.testing.assert_close(model.predict_logits(with_text), before, rtol=0, atol=0)
+    assert title.texts[int(title.item_rows[c])] == "good shirt"
+    filled = model.predict_logits(no_text)
+    assert not torch.equal(filled, before_no_text)
+    spelled = no_text.assign(title=["good shirt"])
+    torch.testing.assert_close(filled, model.predict_logits(spelled), rtol=0, atol=0)
+    model.save_pretrained(tmp_path / "grown")
+    loaded = rm.MultiTaskModel.from_pretrained(tmp_path / "grown")
+    assert loaded.encoders[1].item_rows.shape[0] == new_schema.vocab_size("item_id")
+    torch.testing.assert_close(loaded.predict_logits(no_text), filled, rtol=0, atol=0)

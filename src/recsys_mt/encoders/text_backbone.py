@@ -208,6 +208,20 @@ class TextBackbone(Encoder):
         if extra is not None:
             self.table.restore(extra, self._encode_new, self.feature)
 
+    def grow(self, old_schema: Any, new_schema: Any) -> None:
+        """Follow a grown vocabulary (``MultiTaskModel.grow``): with an item key, the
+        ``item id → text`` map gets the new ids, without text until a frame carrying their
+        texts is prepared (or :meth:`add_item_texts` registers them), and raw ids are encoded
+        with ``new_schema`` from now on. The texts, their vectors and every parameter stay as
+        they are, so known items and rows with their own text score exactly as before. A
+        row-level text (no key) has nothing to grow."""
+        self._check_built()
+        if self.key is None:
+            return
+        key = self.key
+        self.table.grow_items(new_schema.vocab_size(key))
+        self._encode_key = lambda ids: new_schema.encode_ids(key, ids)
+
     def _out_dim(self, d: int) -> int:
         """Output width for text vectors of width ``d`` (see ``tower_output``)."""
         width = d * (2 if self.history is not None else 1)

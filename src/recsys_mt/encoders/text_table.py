@@ -224,6 +224,19 @@ class TextTable(nn.Module):
                 self._buffers["item_rows"] = updated
         return int(len(uniq))
 
+    def grow_items(self, vocab: int) -> int:
+        """Extend ``item_rows`` to ``vocab`` ids (a grown key vocabulary); the new ids have no
+        text until a frame or :meth:`learn_items` brings it. Copy-on-write under the swap
+        lock, like :meth:`learn_items`. Returns the number of ids added."""
+        with self._swap:
+            old = self._buffers["item_rows"]
+            added = int(vocab) - old.shape[0]
+            if added < 0:
+                raise ValueError(f"the item map cannot shrink from {old.shape[0]} to {vocab} ids")
+            if added:
+                self._buffers["item_rows"] = torch.cat([old, old.new_zeros(added)])
+        return added
+
     def fill_from_items(self, item: np.ndarray, rows: Tensor) -> Tensor:
         """``rows`` (int64 ``[N]``) with its missing entries replaced by the known text row of
         their item (schema ids int64 ``[N]``)."""

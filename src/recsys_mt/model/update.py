@@ -23,7 +23,6 @@ import torch
 from ..data.schema import Schema
 from ..data.schema_update import is_extension
 from ..encoders import DenseEncoder, IDEmbedding, VectorEncoder
-from ..encoders.text_backbone import TextBackbone
 
 __all__ = ["grow_model"]
 
@@ -37,13 +36,6 @@ def _check_encoders(model: Any) -> None:
         name = type(enc).__name__
         if isinstance(enc, (IDEmbedding, *VOCAB_FREE)):
             continue
-        if isinstance(enc, TextBackbone):
-            if enc.key is None:  # row-level text: no item id -> text map
-                continue
-            raise NotImplementedError(
-                f"encoder {i} ({name}) maps item ids to texts (key={enc.key!r}) and cannot grow "
-                "with the vocabulary yet; retrain the model on the new schema instead"
-            )
         if not callable(getattr(enc, "grow", None)):
             raise NotImplementedError(
                 f"encoder {i} ({name}) does not say how to follow a vocabulary change: give it "
@@ -84,8 +76,7 @@ def grow_model(
         TypeError: ``new_schema`` is not a Schema.
         ValueError: ``new_schema`` is not an extension of ``model.schema`` (the reasons are
             listed), or ``noise_std`` is negative or not finite.
-        NotImplementedError: an encoder depends on vocabulary sizes and cannot grow (a text
-            tower with an item key; a custom encoder without a ``grow`` method).
+        NotImplementedError: a custom encoder without a ``grow`` method.
 
     Nothing changes when an error is raised. A :class:`~recsys_mt.train.Trainer` then
     continues training with a new optimiser (see the docs page on optimiser state).
