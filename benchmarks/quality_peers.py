@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 from movielens_funnel import SPARSE, TASKS
-from train_throughput import _import_deepctr as import_deepctr  # quiet, waits for its thread
+from throughput_runs import _import_deepctr as import_deepctr  # quiet, waits for its thread
 
 from recsys_mt.metrics import auc
 

@@ -9,6 +9,9 @@ Usage::
 the ``bench`` extra (``pip install -e '.[bench]'``); a peer that is not installed is skipped
 with a ``{"lib": ..., "skipped": ...}`` line and only the others are measured.
 
+The data set is made in ``throughput_data.py`` and each library is run by
+``throughput_runs.py``, beside this script.
+
 Output: JSON lines on stdout, everything else (progress, the peers' prints) on stderr.
 DeepCTR-Torch checks for a newer release on import and, offline, prints a non-JSON line to
 stdout from a background thread; the script waits for that thread with stdout redirected, but
@@ -82,63 +85,23 @@ recsys_mt learns its vocabulary from the training rows and maps unseen held-out 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
 import sys
-import tempfile
-import threading
 import time
 import traceback
-from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput_data import SHAPES, TASKS, Shape, held_out_auc, make_data  # noqa: E402
+from throughput_runs import RUNNERS, peer_available  # noqa: E402
+
 LIBS = ("recsys_mt", "torch_rechub", "deepctr_torch")
-TASKS = ("click", "like", "buy")
-BASE_RATES = (0.2, 0.05, 0.02)
-HOLDOUT = 0.1
-INFER_ROWS = 200_000
 PEAK_N = 2048
-
-
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    num_sparse: int
-    vocab_range: tuple[int, int]
-    num_dense: int
-    expert_dims: tuple[int, ...]
-    batch_size: int
-    num_experts: int = 4
-    tower_dims: tuple[int, ...] = (64,)
-    embed_dim: int = 16
-
-    @property
-    def vocabs(self) -> list[int]:
-        lo, hi = self.vocab_range
-        return [int(round(v)) for v in np.geomspace(lo, hi, self.num_sparse)]
-
-    @property
-    def sparse_names(self) -> list[str]:
-        return [f"C{j + 1}" for j in range(self.num_sparse)]
-
-    @property
-    def dense_names(self) -> list[str]:
-        return [f"I{j + 1}" for j in range(self.num_dense)]
-
-    @property
-    def input_dim(self) -> int:
-        return self.num_sparse * self.embed_dim + self.num_dense
-
-
-SHAPES = {
-    "criteo": Shape("criteo", 26, (100, 100_000), 13, (256, 128), 2048),
-    "small": Shape("small", 8, (2, 3_000), 0, (128, 64), 1024),
-}
 
 
 def log(msg: str) -> None:
@@ -161,18 +124,6 @@ def mmoe_forward_flops(shape: Shape, num_tasks: int = len(TASKS)) -> int:
     for d in (*shape.tower_dims, 1):  # towers and their output layer
         macs += num_tasks * prev * d
         prev = d
-    return 2 * macs
-
-
-def counted_forward_flops(model: nn.Module) -> int:
-    """The same count read off a built model: every ``nn.Linear`` plus recsys_mt's grouped
-    (batched-GEMM) layers, whose ``weights`` are ``[groups, in, out]``."""
-    macs = 0
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            macs += m.in_features * m.out_features
-        elif isinstance(getattr(m, "weights", None), nn.ParameterList) and hasattr(m, "groups"):
-            macs += sum(w.numel() for w in m.weights)
     return 2 * macs
 
 
@@ -205,312 +156,6 @@ def warm_up() -> None:
         optimiser.zero_grad()
     with torch.inference_mode():
         layer(torch.randn(8, 16))
-
-
-# ----------------------------------------------------------------------------- data
-@dataclass
-class Data:
-    shape: Shape
-    sparse: dict[str, np.ndarray]  # name -> int64 [N], ids in [0, vocab)
-    dense: dict[str, np.ndarray]  # name -> float32 [N], raw non-negative counts
-    labels: np.ndarray  # float32 [N, T]
-    logits: np.ndarray  # float64 [N, T], the true logits
-    n_train: int
-    infer_index: np.ndarray  # rows of the timed inference pass; the held-out rows come first
-
-    @property
-    def n(self) -> int:
-        return len(self.labels)
-
-    @property
-    def n_test(self) -> int:
-        return self.n - self.n_train
-
-
-def _zipf_ids(rng: np.random.Generator, vocab: int, n: int, exponent: float = 1.1) -> np.ndarray:
-    """``n`` ids in ``[0, vocab)`` with Zipf frequencies; which id gets which rank is random."""
-    p = np.arange(1, vocab + 1, dtype=np.float64) ** -exponent
-    cdf = np.cumsum(p)
-    cdf /= cdf[-1]
-    rank = np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), vocab - 1)
-    return rng.permutation(vocab)[rank].astype(np.int64)
-
-
-def _component(
-    rng: np.random.Generator,
-    ids: list[np.ndarray],
-    vocabs: list[int],
-    z: np.ndarray | None,
-    n_main: int = 6,
-    n_pairs: int = 3,
-    rank: int = 4,
-) -> np.ndarray:
-    """A unit-variance logit component: per-id effects of ``n_main`` features, ``n_pairs``
-    low-rank id × id interactions and (if any) linear effects of the dense features ``z``."""
-    n, s = len(ids[0]), len(ids)
-    out = np.zeros(n)
-    for f in rng.choice(s, size=min(n_main, s), replace=False):
-        out += rng.normal(0.0, 1.0, vocabs[f])[ids[f]]
-    for _ in range(n_pairs if s > 1 else 0):
-        f, g = rng.choice(s, size=2, replace=False)
-        u = rng.normal(0.0, 1.0, (vocabs[f], rank))[ids[f]]
-        v = rng.normal(0.0, 1.0, (vocabs[g], rank))[ids[g]]
-        out += (u * v).sum(axis=1) / math.sqrt(rank)
-    if z is not None:
-        out += z @ rng.normal(0.0, 0.5, z.shape[1])
-    return (out - out.mean()) / max(out.std(), 1e-12)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _intercept(x: np.ndarray, rate: float) -> float:
-    """``b`` with ``mean(sigmoid(b + x)) = rate`` (bisection)."""
-    lo, hi = -30.0, 30.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if _sigmoid(mid + x).mean() < rate:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-def make_data(shape: Shape, n: int, seed: int) -> Data:
-    """Deterministic synthetic data of ``n`` rows for ``shape`` and ``seed``."""
-    rng = np.random.default_rng([seed, list(SHAPES).index(shape.name)])
-    vocabs = shape.vocabs
-    ids = [_zipf_ids(rng, v, n) for v in vocabs]
-    dense: dict[str, np.ndarray] = {}
-    z = None
-    if shape.num_dense:
-        raw = np.floor(np.exp(rng.normal(1.5, 1.2, (n, shape.num_dense))))
-        logged = np.log1p(raw)
-        z = (logged - logged.mean(0)) / logged.std(0)
-        dense = {name: raw[:, j].astype(np.float32) for j, name in enumerate(shape.dense_names)}
-    shared = _component(rng, ids, vocabs, z)
-    logits = np.empty((n, len(TASKS)))
-    for t, rate in enumerate(BASE_RATES):
-        x = 1.2 * shared + 0.9 * _component(rng, ids, vocabs, z)
-        logits[:, t] = x + _intercept(x, rate)
-    labels = (rng.random((n, len(TASKS))) < _sigmoid(logits)).astype(np.float32)
-    n_train = n - max(1, int(round(n * HOLDOUT)))
-    n_infer = max(min(n, INFER_ROWS), n - n_train)
-    infer_index = np.concatenate([np.arange(n_train, n), np.arange(n_infer - (n - n_train))])
-    return Data(
-        shape, dict(zip(shape.sparse_names, ids)), dense, labels, logits, n_train, infer_index
-    )
-
-
-def held_out_auc(data: Data, scores: np.ndarray) -> dict[str, float]:
-    """Per-task AUC of ``scores`` (rows of ``data.infer_index``) on the held-out rows."""
-    from recsys_mt.metrics import auc
-
-    y = data.labels[data.n_train :]
-    s = np.asarray(scores, dtype=np.float64)[: data.n_test]
-    return {t: round(float(auc(y[:, j], s[:, j])), 4) for j, t in enumerate(TASKS)}
-
-
-def peer_arrays(data: Data) -> tuple[dict, dict, np.ndarray]:
-    """Train / inference feature dicts for the peers (ids as given; dense log1p + z-score with
-    training statistics) and the training labels."""
-    idx = data.infer_index
-    train: dict[str, np.ndarray] = {}
-    infer: dict[str, np.ndarray] = {}
-    for name, col in data.sparse.items():
-        train[name] = np.ascontiguousarray(col[: data.n_train])
-        infer[name] = col[idx]
-    for name, col in data.dense.items():
-        x = np.log1p(col.astype(np.float64))
-        mean, std = x[: data.n_train].mean(), x[: data.n_train].std()
-        x = ((x - mean) / (std if std > 1e-12 else 1.0)).astype(np.float32)
-        train[name] = np.ascontiguousarray(x[: data.n_train])
-        infer[name] = x[idx]
-    return train, infer, np.ascontiguousarray(data.labels[: data.n_train])
-
-
-# ----------------------------------------------------------------------------- libraries
-@dataclass
-class Result:
-    prepare_s: float
-    train_s: float
-    infer_s: float
-    scores: np.ndarray  # [n_infer, T], any monotone scale
-    flops_counted: int
-
-
-def run_recsys_mt(data: Data, args: argparse.Namespace) -> Result:
-    import pandas as pd
-
-    import recsys_mt as rm
-
-    shape = data.shape
-    start = time.perf_counter()
-    cols = {**data.sparse, **data.dense}
-    frame = pd.DataFrame(cols)
-    for j, t in enumerate(TASKS):
-        frame[t] = data.labels[:, j]
-    schema = rm.Schema(
-        [rm.Sparse(n, dim=shape.embed_dim) for n in shape.sparse_names]
-        + [rm.Dense(n, transform="log1p") for n in shape.dense_names],
-        tasks=[rm.Task(t) for t in TASKS],
-    )
-    train = schema.fit_transform(frame.iloc[: data.n_train])
-    infer = schema.transform(frame.iloc[data.infer_index], labels=False)
-    prepare_s = time.perf_counter() - start
-
-    torch.manual_seed(args.seed)
-    head = rm.MMoE(
-        num_experts=shape.num_experts, expert_dims=shape.expert_dims, tower_dims=shape.tower_dims
-    )
-    # lazy (row-sparse) Adam updates a row only when a batch holds it: the tables get a larger
-    # learning rate, the library's recommended setting for one-epoch training (docs/benchmarks.md)
-    model = rm.MultiTaskModel(
-        schema,
-        encoders=[rm.IDEmbedding(lr_scale=args.emb_lr_scale)]
-        + ([rm.DenseEncoder()] if shape.dense_names else []),
-        head=head,
-    )
-    trainer = rm.Trainer(
-        max_epochs=1,
-        batch_size=shape.batch_size,
-        lr=1e-3,
-        progress_bar=False,
-        num_threads=args.threads,
-        device="cpu",
-        seed=args.seed,
-    )
-    start = time.perf_counter()
-    trainer.fit(model, train)
-    train_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    logits = model.predict_logits(infer, batch_size=args.infer_batch)
-    infer_s = time.perf_counter() - start
-    return Result(prepare_s, train_s, infer_s, logits.numpy(), counted_forward_flops(model.head))
-
-
-def run_torch_rechub(data: Data, args: argparse.Namespace) -> Result:
-    from torch.utils.data import DataLoader
-    from torch_rechub.basic.features import DenseFeature, SparseFeature
-    from torch_rechub.models.multi_task import MMOE
-    from torch_rechub.trainers import MTLTrainer
-    from torch_rechub.utils.data import DataGenerator, PredictDataset
-
-    shape = data.shape
-    start = time.perf_counter()
-    x_train, x_infer, y_train = peer_arrays(data)
-    x_test = {k: v[: data.n_test] for k, v in x_infer.items()}  # the held-out rows
-    y_test = data.labels[data.n_train :]
-    train_loader, _, _ = DataGenerator(x_train, y_train).generate_dataloader(
-        x_val=x_test, y_val=y_test, x_test=x_test, y_test=y_test, batch_size=shape.batch_size
-    )
-    infer_loader = DataLoader(PredictDataset(x_infer), batch_size=args.infer_batch, shuffle=False)
-    prepare_s = time.perf_counter() - start
-
-    torch.manual_seed(args.seed)
-    # fresh feature objects: each owns (and would share) its embedding table
-    features = [
-        SparseFeature(n, vocab_size=v, embed_dim=shape.embed_dim)
-        for n, v in zip(shape.sparse_names, shape.vocabs)
-    ] + [DenseFeature(n) for n in shape.dense_names]
-    task_types = ["classification"] * len(TASKS)
-    model = MMOE(
-        features,
-        task_types,
-        n_expert=shape.num_experts,
-        expert_params={"dims": list(shape.expert_dims)},
-        tower_params_list=[{"dims": list(shape.tower_dims)} for _ in TASKS],
-    )
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
-        trainer = MTLTrainer(
-            model,
-            task_types=task_types,
-            optimizer_params={"lr": 1e-3, "weight_decay": 0.0},
-            n_epoch=1,
-            device="cpu",
-            model_path=tmp,
-        )
-        start = time.perf_counter()
-        trainer.train_one_epoch(train_loader)
-        train_s = time.perf_counter() - start
-
-        start = time.perf_counter()
-        preds = np.asarray(trainer.predict(model, infer_loader), dtype=np.float64)
-        infer_s = time.perf_counter() - start
-    return Result(prepare_s, train_s, infer_s, preds, counted_forward_flops(model))
-
-
-def _import_deepctr():
-    """Import DeepCTR-Torch with stdout sent to stderr, waiting (up to 15 s) for the
-    version-check thread it starts on import, which prints to stdout when offline."""
-    before = set(threading.enumerate())
-    with contextlib.redirect_stdout(sys.stderr):
-        import deepctr_torch  # noqa: F401
-
-        for thread in set(threading.enumerate()) - before:
-            thread.join(timeout=15)
-
-
-def run_deepctr_torch(data: Data, args: argparse.Namespace) -> Result:
-    _import_deepctr()
-    from deepctr_torch.inputs import DenseFeat, SparseFeat
-    from deepctr_torch.models.multitask import MMOE
-
-    shape = data.shape
-    start = time.perf_counter()
-    x_train, x_infer, y_train = peer_arrays(data)
-    prepare_s = time.perf_counter() - start
-
-    columns = [
-        SparseFeat(n, vocabulary_size=v, embedding_dim=shape.embed_dim)
-        for n, v in zip(shape.sparse_names, shape.vocabs)
-    ] + [DenseFeat(n, 1) for n in shape.dense_names]
-    model = MMOE(
-        columns,
-        num_experts=shape.num_experts,
-        expert_dnn_hidden_units=shape.expert_dims,
-        gate_dnn_hidden_units=(),
-        tower_dnn_hidden_units=shape.tower_dims,
-        l2_reg_linear=0.0,
-        l2_reg_embedding=0.0,
-        l2_reg_dnn=0.0,
-        task_types=["binary"] * len(TASKS),
-        task_names=list(TASKS),
-        device="cpu",
-        seed=args.seed,
-    )
-    model.compile("adam", loss=["binary_crossentropy"] * len(TASKS))
-    with contextlib.redirect_stdout(sys.stderr):  # fit prints the device and sample counts
-        start = time.perf_counter()
-        model.fit(x_train, y_train, batch_size=shape.batch_size, epochs=1, verbose=0)
-        train_s = time.perf_counter() - start
-
-        start = time.perf_counter()
-        preds = model.predict(x_infer, batch_size=args.infer_batch)
-        infer_s = time.perf_counter() - start
-    return Result(prepare_s, train_s, infer_s, preds, counted_forward_flops(model))
-
-
-RUNNERS = {
-    "recsys_mt": run_recsys_mt,
-    "torch_rechub": run_torch_rechub,
-    "deepctr_torch": run_deepctr_torch,
-}
-
-
-def peer_available(lib: str) -> str | None:
-    """``None`` if ``lib`` imports, else why not. Peers are imported here, lazily, only when
-    asked for (DeepCTR-Torch with its stdout print contained)."""
-    try:
-        if lib == "torch_rechub":
-            import torch_rechub.models.multi_task  # noqa: F401
-        elif lib == "deepctr_torch":
-            _import_deepctr()
-    except ImportError as e:
-        return f"{type(e).__name__}: {e} (install the bench extra: pip install -e '.[bench]')"
-    return None
 
 
 # ----------------------------------------------------------------------------- main
