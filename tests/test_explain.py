@@ -288,7 +288,8 @@ def test_an_encoder_explain_cannot_see_through_is_named(trained):
 def test_text_tower_attributions_add_up(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from test_text_tower import _write_tiny_bert, make_df, train_steps
+    from _text_tower_helpers import _write_tiny_bert, make_df
+    from test_text_tower import train_steps
 
     from recsys_mt.encoders.text import BertTextTower
 

@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _text_tower_helpers import _write_tiny_bert
 
 import recsys_mt as rm
 from recsys_mt.data.synthetic import make_funnel_data
@@ -47,24 +48,8 @@ def data():
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory, data):
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
     words = sorted({w.lower() for t in data["title"].dropna() for w in t.split()})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, "cheap", "best"]
-    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
-    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
-    config = BertConfig(
-        vocab_size=len(dict.fromkeys(vocab)),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(str(folder))
-    return str(folder)
+    return _write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), [*words, "cheap", "best"])
 
 
 def make_schema():

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _text_tower_helpers import _write_tiny_bert
 
 import recsys_mt as rm
 from recsys_mt.data.synthetic import make_funnel_data
@@ -277,26 +278,6 @@ def test_grown_model_round_trips_through_save_pretrained(world, tmp_path):
         rm.MultiTaskModel.from_pretrained(tmp_path / "m", schema=schema)
 
 
-def tiny_bert(folder) -> str:
-    """A random 1-layer BERT with a 12-word vocabulary, saved locally."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "shirt", "good"]
-    folder.mkdir()
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
-    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
-    config = BertConfig(
-        vocab_size=len(words),
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-        max_position_embeddings=16,
-    )
-    BertModel(config).save_pretrained(str(folder))
-    return str(folder)
-
-
 @pytest.mark.filterwarnings("ignore::recsys_mt.OOVWarning")
 def test_text_towers_grow_and_learn_the_new_items_texts(tmp_path, monkeypatch):
     """An item-keyed tower's item -> text map grows with the vocabulary: rows that carry their
@@ -304,7 +285,7 @@ def test_text_towers_grow_and_learn_the_new_items_texts(tmp_path, monkeypatch):
     without text (and a history holding it) reads it; the grown map round-trips."""
     pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = tiny_bert(tmp_path / "bert")
+    path = _write_tiny_bert(tmp_path / "bert", ["red", "blue", "shirt", "good"])
     df = pd.DataFrame(
         {
             "item_id": ["a", "b", "a", "c", "c"],

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _trainer_helpers import LogReg, make_frame
 from test_loss_windows import build
-from test_trainer import LogReg, make_frame
 
 import recsys_mt as rm
 from recsys_mt.data.loader import BatchLoader, SourceLoader, is_source

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_text_tower import WORDS, _write_tiny_bert, build, make_df
+from _text_tower_helpers import WORDS, build, make_df
 
 import recsys_mt as rm
 from recsys_mt.encoders import text_loading
@@ -25,17 +25,7 @@ from recsys_mt.encoders.text_encoding import encode_sorted, tokenize
 from recsys_mt.encoders.text_loading import encoder_fingerprint
 
 pytest.importorskip("transformers")
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return _write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+pytestmark = pytest.mark.usefixtures("hf_offline")  # conftest.py; so is tiny_bert
 
 
 def _reseed_weights(folder, seed: int) -> None:

@@ -35,7 +35,18 @@ import pandas as pd
 
 from ..tasks.task import Task
 from .features import Feature, FunnelStats
-from .vocab import SchemaError, _canonical, _id_kind
+from .funnel_kernels import (
+    _entity_hash,
+    _entity_values,
+    _group,
+    _label_hash,
+    _out_of_fold,
+    _raw,
+    _sum_by,
+    _time_ordered,
+    _time_rank,
+)
+from .vocab import SchemaError
 
 PRIOR_EPS = 1e-6
 """Priors are clipped to ``[PRIOR_EPS, 1 - PRIOR_EPS]`` so every logit is finite."""
@@ -58,124 +69,6 @@ def validate_funnel_stats(features: list[Feature], tasks: list[Task]) -> None:
                     "or FunnelStats output already uses; rename one of them"
                 )
             taken.add(col)
-
-
-# ----------------------------------------------------------------------------- vectorised core
-def _entity_values(
-    df: pd.DataFrame, spec: FunnelStats, kinds: list[str] | None = None
-) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
-    """Canonical values of each entity column, the ``[N]`` missing mask (any column missing),
-    and the id kinds; with ``kinds`` (from fit) a column of another kind raises."""
-    values, found = [], []
-    missing = np.zeros(len(df), dtype=bool)
-    for j, col in enumerate(spec.entity_columns):
-        what = f"entity column {col!r} of FunnelStats({spec.name!r})"
-        kind = _id_kind(df[col], what)
-        if kinds is not None and kind != kinds[j]:
-            if not df[col].isna().all():
-                raise SchemaError(
-                    f"{what} holds {kind} ids but was fit on {kinds[j]} ids (dtype now "
-                    f"{df[col].dtype}); cast the column"
-                )
-            kind = kinds[j]
-        v, m = _canonical(df[col], kind)
-        values.append(v)
-        missing |= m
-        found.append(kind)
-    return values, missing, found
-
-
-def _group(values: list[np.ndarray], missing: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Codes ``[N]`` of the distinct entity values (first-appearance order, -1 where missing)
-    and the key values ``[G]`` of each entity column in code order."""
-    ok = ~missing
-    sub = [v[ok] for v in values]
-    codes_ok = np.zeros(int(ok.sum()), dtype=np.int64)
-    for v in sub:  # combine column codes; stays < N² so int64 never overflows
-        c, uniques = pd.factorize(v)
-        codes_ok, _ = pd.factorize(codes_ok * len(uniques) + c)
-    first = np.unique(codes_ok, return_index=True)[1]
-    codes = np.full(len(missing), -1, dtype=np.int64)
-    codes[ok] = codes_ok
-    return codes, [v[first] for v in sub]
-
-
-def _sum_by(codes: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
-    """``[size, K]`` sums of ``weights [N, K]`` per code (rows with code -1 are skipped)."""
-    ok = codes >= 0
-    cols = [
-        np.bincount(codes[ok], weights=weights[ok, k], minlength=size)
-        for k in range(weights.shape[1])
-    ]
-    return np.stack(cols, axis=1).reshape(size, weights.shape[1])
-
-
-def _out_of_fold(codes: np.ndarray, weights: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """``[N, K]``: per row, the sums over its entity's rows in the *other* folds."""
-    n = len(codes)
-    fold = np.empty(n, dtype=np.int64)
-    fold[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
-    size = int(codes.max()) + 1 if n else 0
-    ok = codes >= 0
-    cell = np.where(ok, codes * folds + fold, -1)
-    total = _sum_by(codes, weights, size)
-    own_fold = _sum_by(cell, weights, size * folds)
-    out = np.zeros_like(weights)
-    out[ok] = total[codes[ok]] - own_fold[cell[ok]]
-    return out
-
-
-def _time_ordered(codes: np.ndarray, weights: np.ndarray, time_rank: np.ndarray) -> np.ndarray:
-    """``[N, K]``: per row, the sums over its entity's rows with a strictly smaller time rank
-    (ties excluded). Sort by (entity, time), sum per cell, exclusive cumsum within each entity."""
-    out = np.zeros_like(weights)
-    ok = codes >= 0
-    if not ok.any():
-        return out
-    n_times = int(time_rank.max()) + 1
-    cells, inv = np.unique(codes[ok] * n_times + time_rank[ok], return_inverse=True)
-    inv = inv.reshape(-1)
-    entity = cells // n_times
-    new_entity = np.r_[True, entity[1:] != entity[:-1]]
-    start = np.flatnonzero(new_entity)[np.cumsum(new_entity) - 1]  # first cell of the entity
-    for k in range(weights.shape[1]):
-        per_cell = np.bincount(inv, weights=weights[ok, k], minlength=len(cells))
-        before = np.cumsum(per_cell) - per_cell  # all earlier cells, any entity
-        out[ok, k] = (before - before[start])[inv]
-    return out
-
-
-def _time_rank(df: pd.DataFrame, spec: FunnelStats) -> np.ndarray:
-    col = df[spec.time_column]
-    what = f"time column {spec.time_column!r} of FunnelStats({spec.name!r})"
-    nan = col.isna().to_numpy()
-    if nan.any():
-        raise SchemaError(f"{what} is missing at row {int(nan.argmax())} ({int(nan.sum())} rows)")
-    try:
-        rank, _ = pd.factorize(col, sort=True)
-    except TypeError as e:
-        raise SchemaError(f"{what} holds values that cannot be ordered: {e}") from None
-    return rank.astype(np.int64)
-
-
-def _raw(num: np.ndarray, den: np.ndarray, prior: np.ndarray, m: float, counts: bool):
-    """``[N, C]``: logit of the smoothed rate (and ``log1p(den)``) per task, interleaved."""
-    rate = (num + m * prior) / (den + m)
-    logit = np.log(rate) - np.log1p(-rate)
-    if not counts:
-        return logit
-    out = np.empty((len(num), 2 * num.shape[1]))
-    out[:, 0::2] = logit
-    out[:, 1::2] = np.log1p(den)
-    return out
-
-
-def _entity_hash(values: list[np.ndarray]) -> int:
-    return sum(int(pd.util.hash_array(v).sum()) * (j + 1) for j, v in enumerate(values)) % 2**64
-
-
-def _label_hash(df: pd.DataFrame, label_columns: list[str]) -> int:
-    return int(pd.util.hash_pandas_object(df[label_columns], index=False).to_numpy().sum())
 
 
 # ----------------------------------------------------------------------------- learned state

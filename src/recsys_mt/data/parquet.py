@@ -15,39 +15,39 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .parquet_plan import (
-    ParquetReadError,
+from .parquet_epoch import (
     Piece,
-    RowGroup,
-    check_columns,
     check_int,
     check_rank,
     epoch_order,
-    import_pyarrow,
-    list_files,
-    needed_columns,
     plan_chunks,
-    read_metadata,
-    read_schema,
-    resolve_labels,
     resume_point,
-    unsupported_features,
     worker_batch_counts,
     worker_span,
 )
+from .parquet_plan import (
+    ParquetReadError,
+    check_columns,
+    import_pyarrow,
+    list_files,
+    needed_columns,
+    read_metadata,
+    read_schema,
+    resolve_labels,
+    unsupported_features,
+)
+from .parquet_read import MISSING_GROUP as MISSING_GROUP  # re-exported
+from .parquet_read import _group_codes, _pandas_dtype, _Reader
 from .vectors import empty_vector_tensors
-from .vocab import OOVWarning, SchemaError, _canonical, _id_kind
+from .vocab import OOVWarning, SchemaError
 
 __all__ = ["ParquetReadError", "ParquetSource"]
 
 Batch = dict[str, Tensor]
-MISSING_GROUP = -1
-"""``"group"`` code of rows whose group value is missing."""
 
 
 def _rows(batch: Batch) -> int:
@@ -334,42 +334,6 @@ class ParquetSource:
 
 
 # ----------------------------------------------------------------------------- helpers
-class _Reader:
-    """Reads row groups, keeping the last opened file open; errors name file and row group."""
-
-    def __init__(self, files: list[str], arrow_schema: Any):
-        self.files = files
-        self.arrow_schema = arrow_schema
-        self._path: str | None = None
-        self._file: Any = None
-
-    def read(self, group: RowGroup) -> Any:
-        pa, pq = import_pyarrow()
-        path = self.files[group.file]
-        where = f"{path}: row group {group.index}"
-        try:
-            if path != self._path:
-                self.close()
-                self._file, self._path = pq.ParquetFile(path), path
-            table = self._file.read_row_group(group.index, columns=self.arrow_schema.names)
-            table = table.select(self.arrow_schema.names).replace_schema_metadata(None)
-            if table.schema.types != self.arrow_schema.types:
-                table = table.cast(self.arrow_schema)
-        except (OSError, ValueError, TypeError, pa.ArrowException) as e:
-            raise ParquetReadError(f"{where}: cannot read: {e}") from e
-        if table.num_rows != group.rows:
-            raise ParquetReadError(
-                f"{where}: holds {table.num_rows} rows, its footer said {group.rows} when the "
-                "source was planned (was the file changed?)"
-            )
-        return table
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file, self._path = None, None
-
-
 class _WorkerStream(IterableDataset):
     """One epoch of one rank. DataLoader worker ``i`` yields the batches of the sub-span of
     worker ``(first + i) % num_workers``: the DataLoader's round-robin starts at its worker 0,
@@ -397,29 +361,6 @@ class _WorkerStream(IterableDataset):
         )
         for batch in batches:  # compact copies: a view would ship its whole chunk's storage
             yield {k: v.clone() for k, v in batch.items()}
-
-
-def _pandas_dtype(t: Any) -> Any:
-    """pandas dtype of an Arrow column: nullable ``Int64`` / ``boolean`` for signed integers and
-    booleans, so a chunk holding a null does not turn int64 ids into float64."""
-    pa, _ = import_pyarrow()
-    if pa.types.is_signed_integer(t):
-        return pd.Int64Dtype()
-    if pa.types.is_boolean(t):
-        return pd.BooleanDtype()
-    return None
-
-
-def _group_codes(col: pd.Series) -> np.ndarray:
-    """int64 ``[N]`` stable hashes of group values (``MISSING_GROUP`` where missing)."""
-    try:
-        kind = _id_kind(col, f"group column {col.name!r}")
-        values, missing = _canonical(col, kind)
-    except (SchemaError, TypeError, ValueError):
-        values, missing = col.astype(str).to_numpy(dtype=object), col.isna().to_numpy()
-    codes = pd.util.hash_array(values).view(np.int64)
-    codes[missing] = MISSING_GROUP
-    return codes
 
 
 def _where(pieces: list[Piece], source: ParquetSource) -> str:

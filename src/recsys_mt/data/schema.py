@@ -9,36 +9,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..tasks.task import Task, order_tasks
 from . import schema_io
-from .columns import dense_stats, dense_values, encode_labels
+from .columns import encode_labels
 from .features import Dense, Feature, FunnelStats, Sequence, Sparse, Text, Vector
 from .frame import TensorFrame
-from .funnel_stats import (
-    FunnelTable,
-    fit_funnel_stats,
-    funnel_columns,
-    transform_funnel_stats,
-    validate_funnel_stats,
-)
-from .group_support import supported_features, supported_vocab
+from .funnel_stats import FunnelTable, funnel_columns, validate_funnel_stats
+from .group_support import supported_features
 from .hashing import Key
+from .schema_encode import check_seq_kind, fit_frame, transform_frame
 from .schema_update import SchemaGrowth, update_schema
-from .vectors import VectorStats, fit_vector_stats, vector_tensors
-from .vocab import (
-    OOVWarning,
-    SchemaError,
-    _canonical,
-    _flatten_lists,
-    _id_kind,
-    _Vocab,
-    fit_vocab,
-    oov_stats,
-    pad_sequences,
-    warn_oov,
-)
+from .vectors import VectorStats
+from .vocab import OOVWarning, SchemaError, _canonical, _id_kind, _Vocab, warn_oov
 
 __all__ = ["OOVWarning", "Schema", "SchemaError"]
 
@@ -283,45 +266,10 @@ class Schema:
         return self
 
     def _fit(self, df: pd.DataFrame) -> np.ndarray | None:
-        """``fit``; returns the leakage-safe FunnelStats values ``[N, C]`` of ``df`` (or None)."""
-        has_labels = self._check_df(df, labels="auto")
-        vocabs: dict[str, _Vocab] = {}
-        filtered = {f.name for f in supported_features(self)}
-        for f in self.sparse:
-            kind = _id_kind(df[f.column], f"column {f.column!r}")
-            values, missing = _canonical(df[f.column], kind)
-            if f.name in filtered:
-                groups = df[self.group]
-                vocabs[f.name] = supported_vocab(f, kind, values, missing, groups, self.min_groups)
-            else:
-                vocabs[f.name] = fit_vocab(f, kind, values, missing)
-        for f in self.sequences:
-            lengths, flat = _flatten_lists(df[f.column], f.column)
-            if f.vocab_from is not None:
-                self._check_seq_kind(f, flat, vocabs[f.vocab_from].kind)
-                continue
-            kind = _id_kind(flat, f"sequence column {f.column!r}") if len(flat) else "int"
-            vocabs[f.name] = fit_vocab(f, kind, *_canonical(flat, kind))
-        stats = {f.name: dense_stats(dense_values(df, f, None), f) for f in self.dense}
-        vector_stats = fit_vector_stats(df, self.vectors)
-        if has_labels and not self.funnel_stats:
-            self._labels(df)  # validation only; fit_funnel_stats validates them itself
-        funnel, train_funnel = fit_funnel_stats(self, df, has_labels)
-        self.vocabularies_ = vocabs
-        self.dense_stats_ = stats
-        self.vector_stats_ = vector_stats
-        self.funnel_stats_ = funnel
-        return train_funnel
+        """``fit`` on a DataFrame: :func:`~recsys_mt.data.schema_encode.fit_frame`."""
+        return fit_frame(self, df)
 
-    @staticmethod
-    def _check_seq_kind(f: Sequence, flat: pd.Series, kind: str) -> None:
-        if not len(flat):
-            return
-        got = _id_kind(flat, f"sequence column {f.column!r}")
-        if got != kind:
-            raise SchemaError(
-                f"sequence column {f.column!r} holds {got} ids but {f.vocab_from!r} has {kind} ids"
-            )
+    _check_seq_kind = staticmethod(check_seq_kind)
 
     def transform(self, df: pd.DataFrame, labels: bool | str = "auto") -> TensorFrame:
         """Encode ``df`` as a :class:`TensorFrame`.
@@ -344,69 +292,8 @@ class Schema:
         return frame
 
     def _transform(self, df: pd.DataFrame, labels: bool | str, funnel: np.ndarray | None):
-        """``transform``; ``funnel`` replaces the FunnelStats values (``fit_transform``)."""
-        self._check_fitted()
-        has_labels = self._check_df(df, labels)
-        n = len(df)
-        tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, Any] = {
-            "sparse": [f.name for f in self.sparse],
-            "dense": self.dense_columns,
-            "tasks": self.task_names,
-            "texts": {},
-            "oov_counts": {},
-            "oov_rates": {},
-        }
-
-        def count_oov(name: str, ids: np.ndarray, missing: np.ndarray) -> None:
-            meta["oov_counts"][name], meta["oov_rates"][name] = oov_stats(ids, missing)
-
-        sparse = np.zeros((n, len(self.sparse)), dtype=np.int64)
-        for j, f in enumerate(self.sparse):
-            vocab = self.vocabularies_[f.name]
-            kind = _id_kind(df[f.column], f"column {f.column!r}")
-            if kind != vocab.kind:
-                raise SchemaError(
-                    f"column {f.column!r} holds {kind} ids but the schema was fit on {vocab.kind} "
-                    f"ids (dtype now {df[f.column].dtype}); cast the column"
-                )
-            values, missing = _canonical(df[f.column], kind)
-            sparse[:, j] = vocab.lookup(values, missing)
-            count_oov(f.name, sparse[:, j], missing)
-        if self.sparse:
-            tensors["sparse"] = torch.from_numpy(sparse)
-        parts = [dense_values(df, f, self.dense_stats_[f.name])[:, None] for f in self.dense]
-        if self.funnel_stats:
-            parts.append(transform_funnel_stats(self, df) if funnel is None else funnel)
-        if parts:
-            tensors["dense"] = torch.from_numpy(np.concatenate(parts, axis=1).astype(np.float32))
-        for f in self.sequences:
-            vocab = self.vocabularies_[f.vocab_from or f.name]
-            lengths, flat = _flatten_lists(df[f.column], f.column)
-            self._check_seq_kind(f, flat, vocab.kind)
-            flat_ids, missing = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
-            if len(flat):
-                flat_c, missing = _canonical(flat, vocab.kind)
-                flat_ids = vocab.lookup(flat_c, missing)
-            count_oov(f.name, flat_ids, missing)
-            tensors[f"seq/{f.name}"] = torch.from_numpy(pad_sequences(lengths, flat_ids, f.max_len))
-        for f in self.texts:
-            codes, uniques = pd.factorize(df[f.column].fillna("").astype(str), sort=False)
-            tensors[f"text/{f.name}"] = torch.from_numpy(codes.astype(np.int64))
-            meta["texts"][f.name] = list(uniques)
-        for f in self.vectors:
-            tensors.update(vector_tensors(df, f, (self.vector_stats_ or {}).get(f.name)))
-        if has_labels:
-            tensors["labels"] = torch.from_numpy(self._labels(df))
-        if self.group is not None:
-            try:
-                codes, _ = pd.factorize(df[self.group], use_na_sentinel=False)
-            except TypeError as e:  # unhashable cells (lists, dicts)
-                raise SchemaError(f"group column {self.group!r}: {e}") from None
-            tensors["group"] = torch.from_numpy(codes.astype(np.int64))
-        if not tensors:
-            tensors["index"] = torch.arange(n)
-        return TensorFrame(tensors, meta)
+        """``transform``: :func:`~recsys_mt.data.schema_encode.transform_frame`."""
+        return transform_frame(self, df, labels, funnel)
 
     def fit_transform(self, df: pd.DataFrame, labels: bool | str = "auto") -> TensorFrame:
         """``fit(df)`` then encode ``df``; use it for the training rows.

@@ -76,13 +76,19 @@ With the defaults (seed 0) the funnel has CTR ~0.15, CVR | click ~0.22, repurcha
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .synthetic_checks import (
+    _check_float,
+    _check_fractions,
+    _check_int,
+    _check_rate,
+    _check_unit,
+)
 from .synthetic_sampling import _calibrate_intercept, _sample_by_logits, _sample_histories, _sigmoid
 from .synthetic_titles import (
     CATEGORY_NOUNS,
@@ -100,7 +106,6 @@ __all__ = [
     "make_funnel_data",
 ]
 
-# (noun synonyms, consumable) per category; categories past the list reuse it with a prefix.
 _T0 = 1_700_000_000  # first timestamp (seconds)
 _SPAN = 30 * 86_400  # about 30 days of impressions
 
@@ -158,51 +163,6 @@ class FunnelData:
                 rows = np.sort(rows)
             parts.append(df.iloc[rows].reset_index(drop=True))
         return tuple(parts)
-
-
-def _check_fractions(fractions: Any) -> np.ndarray:
-    try:
-        fr = np.asarray(fractions, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"fractions must be a sequence of numbers, got {fractions!r}") from None
-    if fr.ndim != 1 or fr.size < 1:
-        raise ValueError(f"fractions must be a non-empty 1-d sequence, got {fractions!r}")
-    if not np.all(np.isfinite(fr)) or np.any(fr <= 0):
-        raise ValueError(f"fractions must be positive, got {fractions!r}")
-    if abs(fr.sum() - 1.0) > 1e-6:
-        raise ValueError(f"fractions must sum to 1, got sum {fr.sum():.6g}")
-    return fr
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _check_rate(name: str, value: Any) -> float:
-    value = _check_float(name, value)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value}")
-    return value
-
-
-def _check_unit(name: str, value: Any) -> float:
-    value = _check_float(name, value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    return value
 
 
 def make_funnel_data(

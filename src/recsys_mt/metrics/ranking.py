@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from .classification import (
@@ -41,8 +40,8 @@ from .classification import (
     _device_of,
     _is_numpy_like,
     _reduce,
-    _to_tensor,
 )
+from .ranking_inputs import _as_2d, _check_k, _prep_relevance, _rank_by_scores, _rank_from_list
 
 __all__ = [
     "hit_rate_at_k",
@@ -55,92 +54,6 @@ __all__ = [
     "ndcg_of_ranking",
     "recall_at_k",
 ]
-
-
-# --------------------------------------------------------------------------- input handling
-
-
-def _as_2d(t: torch.Tensor, name: str) -> torch.Tensor:
-    if t.dim() == 1:
-        return t.unsqueeze(0)
-    if t.dim() != 2:
-        raise ValueError(f"{name} must have shape [B, N] (or [N]), got {tuple(t.shape)}")
-    return t
-
-
-def _check_k(k: int | None, default: int | None) -> int:
-    if k is None and default is not None:
-        return default
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return int(k)
-
-
-def _prep_relevance(
-    relevance: Any, mask: Any, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relevance ``[B, N]`` as float with invalid candidates zeroed, and the validity mask."""
-    rel = _as_2d(_as_float(relevance, device), "relevance")
-    _check_no_nan(rel, "relevance")
-    if mask is None:
-        valid = torch.ones_like(rel, dtype=torch.bool)
-    else:
-        valid = _as_2d(_to_tensor(mask, device).to(torch.bool), "mask")
-        if valid.shape != rel.shape:
-            raise ValueError(
-                f"mask shape {tuple(valid.shape)} does not match relevance {tuple(rel.shape)}"
-            )
-    if bool((rel[valid] < 0).any()):
-        raise ValueError("relevance must be non-negative")
-    return rel * valid, valid
-
-
-def _rank_by_scores(scores: Any, relevance: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (relevance in ranked order ``[B, N]``, valid-masked relevance ``[B, N]``)."""
-    device = _device_of(scores, relevance, mask)
-    rel, valid = _prep_relevance(relevance, mask, device)
-    s = _as_2d(_to_tensor(scores, device), "scores")
-    if s.shape != rel.shape:
-        raise ValueError(
-            f"scores shape {tuple(s.shape)} does not match relevance {tuple(rel.shape)}"
-        )
-    if s.is_floating_point() and bool(torch.isnan(s[valid]).any()):
-        raise ValueError("scores contain NaN for valid candidates")
-    order = torch.argsort(s, dim=1, descending=True, stable=True)
-    # Push invalid candidates behind every valid one, keeping the score order otherwise.
-    back = torch.argsort((~valid.gather(1, order)).to(torch.uint8), dim=1, stable=True)
-    order = order.gather(1, back)
-    return rel.gather(1, order), rel
-
-
-def _rank_from_list(
-    selected: Any, relevance: Any, mask: Any, list_mask: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (relevance of the selected items in list order ``[B, L]``, masked rel ``[B, N]``)."""
-    device = _device_of(selected, relevance, mask, list_mask)
-    rel, _ = _prep_relevance(relevance, mask, device)
-    sel = _as_2d(_to_tensor(selected, device), "selected")
-    if sel.is_floating_point() or sel.dtype == torch.bool:
-        raise ValueError("selected must contain integer indices")
-    sel = sel.long()
-    if sel.shape[0] != rel.shape[0]:
-        raise ValueError(f"selected has {sel.shape[0]} rows but relevance has {rel.shape[0]}")
-    if sel.numel() and bool((sel >= rel.shape[1]).any()):
-        raise ValueError(f"selected contains an index >= number of candidates ({rel.shape[1]})")
-    slot_valid = sel >= 0
-    if list_mask is not None:
-        lm = _as_2d(_to_tensor(list_mask, device).to(torch.bool), "list_mask")
-        if lm.shape != sel.shape:
-            raise ValueError(
-                f"list_mask shape {tuple(lm.shape)} does not match selected {tuple(sel.shape)}"
-            )
-        slot_valid = slot_valid & lm
-    # Compact: valid slots first, original order kept.
-    perm = torch.argsort((~slot_valid).to(torch.uint8), dim=1, stable=True)
-    sel = sel.gather(1, perm)
-    slot_valid = slot_valid.gather(1, perm)
-    ranked = rel.gather(1, sel.clamp_min(0)) * slot_valid
-    return ranked, rel
 
 
 # --------------------------------------------------------------------------- core metrics
