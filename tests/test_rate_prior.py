@@ -79,6 +79,21 @@ def test_the_informative_feature_is_chosen_and_noise_is_not():
     assert fit_rate_prior(vz, vl, vs, without_item, PARENTS, group)[1] is None  # noise: no gain
 
 
+def test_a_small_validation_frame_does_not_pick_a_noise_feature_by_chance():
+    """A gain of ``min_gain`` nats on a few hundred rows can be luck; the ``min_z`` test asks
+    for it to stand out of the rows' noise too."""
+    sparse, labels, _ = synthetic_rates(20000, 0)
+    tables = count_tables(sparse, labels, PARENTS, [True, True], [52, 52])
+    noise_only = [[None, None], tables[1]]
+    picks = {0.0: 0, 1.5: 0}
+    for seed in range(1, 41):
+        vs, vl, vz = synthetic_rates(300, seed)
+        group = torch.arange(300) // 3
+        for z in picks:
+            picks[z] += fit_rate_prior(vz, vl, vs, noise_only, PARENTS, group, min_z=z)[1] is not None
+    assert picks[0.0] >= 8 and picks[1.5] <= 2, picks  # measured: 14 and 1 of 40
+
+
 # ----------------------------------------------------------------------------- model path
 def frames():
     """Users, items with their own purchase rates, a weak category; a temporal-like split."""
