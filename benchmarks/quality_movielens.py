@@ -196,7 +196,7 @@ def run_recsys(variant: str, data, seed: int, args):
     default brings, ``+nodrop`` (no id dropout), ``+nomatch`` (``match_unseen=False``: every
     feature's id dropout at 0.1), ``+valloss`` (early stopping on ``val/loss``), ``+nocal``
     (``auto_calibrate=None``), ``+noprior`` (``calibration_prior=None``: Platt without the
-    rate prior), ``+refresh`` (after fit, :func:`refresh` on the validation rows);
+    rate prior), ``+refresh`` (after fit, ``rm.refresh(model, train, val)``);
     ``+stats`` / ``+allstats`` add ``FunnelStats`` of the movie / of every id column;
     ``+bal=<name>`` trains with a balancer of ``benchmarks/balancers.py`` (``pcgrad``,
     ``mgda``, ``mgda_ub``, ``gradnorm``, ...);
@@ -256,25 +256,14 @@ def run_recsys(variant: str, data, seed: int, args):
     )
     start = time.perf_counter()
     trainer.fit(model, train, val)
-    if "refresh" in options:
-        refresh(model, data, seed, args)
+    if "refresh" in options:  # the validation period folded in before serving (2 epochs)
+        rm.refresh(model, data.train, data.val, seed=seed, progress_bar=False,
+                   num_threads=args.threads)  # fmt: skip
     train_s = time.perf_counter() - start
     p = model.predict(model.schema.transform(data.test))
     scores = {"ctr": p["ctr"].to_numpy(), "ctcvr": p["ctcvr"].to_numpy()}
     scores["s3"] = p["rebuy_joint"].to_numpy()
     return scores, len(trainer.history), train_s, len(data.train)
-
-
-def refresh(model, data, seed: int, args, epochs: int = 2) -> None:
-    """The fresh-model recipe on the validation period, before serving: grow the vocabularies
-    with the validation rows (their new users get rows, copies of the trained "unknown user"
-    row) and continue training on the training and validation rows for ``epochs`` epochs. The
-    calibration fitted on the validation rows by ``fit`` is kept."""
-    new_schema, _ = model.schema.update(data.val)
-    model.grow(new_schema)
-    both = new_schema.transform(pd.concat([data.train, data.val], ignore_index=True))
-    trainer = rm.Trainer(max_epochs=epochs, seed=seed, progress_bar=False, num_threads=args.threads)
-    trainer.fit(model, both)
 
 
 # ----------------------------------------------------------------------------- main

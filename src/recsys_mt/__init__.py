@@ -71,6 +71,7 @@ from .train import (  # noqa: E402
     ModelCheckpoint,
     TensorBoardLogger,
     Trainer,
+    refresh,
 )
 
 __all__ = [
@@ -89,6 +90,7 @@ __all__ = [
     "Trainer",
     "WeightedProduct",
     "WeightedSum",
+    "refresh",
     "AITM",
     "OOV_ID",
     "PAD_ID",

@@ -27,6 +27,7 @@ from . import distributed
 from .callbacks import Callback, EarlyStopping, ModelCheckpoint
 from .loggers import CSVLogger, Logger, TensorBoardLogger
 from .optim import CombinedOptimizer, build_optimizer, build_scheduler, clip_grad_norm_, grad_norm
+from .refresh import refresh
 from .trainer import PRECISIONS, TrainableModel, Trainer, resolve_device, resolve_precision
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "clip_grad_norm_",
     "distributed",
     "grad_norm",
+    "refresh",
     "resolve_device",
     "resolve_precision",
 ]
