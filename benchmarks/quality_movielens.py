@@ -17,6 +17,8 @@ Rows of the table (mean of the seeds):
 
 * ``popularity``: per-movie smoothed rates of each stage from the training rows (smoothing
   strength chosen per stage on the validation log loss; unseen movies get the global rate);
+  with a ``+refresh`` variant also ``popularity+val``, the same rates counted on the training
+  and validation rows (what a refreshed model learns from);
 * ``recsys_mt/defaults``: the peers' eight sparse ids, only the sizes set (embedding 16, MMoE
   4 x (128, 64), towers (64,)); everything else is the library's default;
 * ``recsys_mt/full``: plus the user's earlier-rated and earlier-liked movies (sequences sharing the
@@ -107,7 +109,9 @@ def _smoothed(table: pd.DataFrame, keys: pd.Series, prior: float, m: float) -> n
     return ((t["sum"].fillna(0) + m * prior) / (t["count"].fillna(0) + m)).to_numpy()
 
 
-def run_popularity(data, seed: int, args):
+def run_popularity(data, seed: int, args, with_val: bool = False):
+    """Per-movie smoothed rates; ``with_val``: the smoothing chosen as usual, then the test
+    rates counted on the training and validation rows (the counterpart of ``+refresh``)."""
     tr, va, te = data.train, data.val, data.test
     rates_te = {}
     for label, parent in (("click", None), ("buy", "click"), ("rebuy", "buy")):
@@ -116,6 +120,10 @@ def run_popularity(data, seed: int, args):
         g = rows_tr.groupby("movie_id")[label].agg(["sum", "count"])
         prior, y = float(rows_tr[label].mean()), rows_va[label].to_numpy()
         best = min(GRID, key=lambda m: logloss(y, _smoothed(g, rows_va["movie_id"], prior, m)))
+        if with_val:
+            rows_tr = pd.concat([rows_tr, rows_va])
+            g = rows_tr.groupby("movie_id")[label].agg(["sum", "count"])
+            prior = float(rows_tr[label].mean())
         rates_te[label] = _smoothed(g, te["movie_id"], prior, best)
     ctr = rates_te["click"]
     ctcvr = ctr * rates_te["buy"]
@@ -321,6 +329,8 @@ def main(argv=None) -> int:
         print(json.dumps({"skipped": str(e)}), flush=True)
         return 0
     runs = [("popularity", run_popularity)]
+    if any("refresh" in v.split("+") for v in args.variants):
+        runs.append(("popularity+val", lambda d, s, a: run_popularity(d, s, a, with_val=True)))
     if args.rates:
         runs.append(("movie+user rates", run_rates))
     runs += [(f"recsys_mt/{v}", lambda *a, v=v: run_recsys(v, *a)) for v in args.variants]
