@@ -81,3 +81,28 @@ def test_bad_input_changes_nothing(world):
     assert fresh.schema is schema
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_training_rows_keep_their_leakage_safe_funnel_statistics(world, monkeypatch):
+    """With FunnelStats, the refresh trains on the training rows' out-of-fold values (never
+    their own labels), exactly as fit_transform encoded them, and on the new rows' values from
+    the training tables."""
+    _, _, train, val, _ = world
+    schema = rm.Schema(
+        [
+            rm.Sparse("user_id", dim=8),
+            rm.Sparse("item_id", dim=8),
+            rm.FunnelStats("item_stats", entity="item_id"),
+        ],
+        tasks=[rm.Task("ctr", "click")],
+        min_groups=None,
+    )
+    fitted = schema.fit_transform(train)
+    model = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(8,)))
+    seen = []
+    monkeypatch.setattr(rm.Trainer, "fit", lambda self, m, frame, *a, **k: seen.append(frame))
+    rm.refresh(model, train, val, epochs=1)
+    dense = seen[0]["dense"]
+    assert torch.equal(dense[: len(train)], fitted["dense"])
+    assert torch.equal(dense[len(train) :], schema.transform(val)["dense"])
+    assert not torch.equal(dense[: len(train)], schema.transform(train)["dense"])  # in-sample

@@ -11,17 +11,21 @@ items' fortunes change. :func:`refresh` folds such a period in, after the fact:
 2. training continues, from the trained weights, on the training rows and the new period
    together for ``epochs`` epochs, without a validation frame.
 
-The calibration (map and rate prior) fitted by the first ``fit`` is kept: no held-out rows are
-left to refit it. After a refresh the new period is no longer held out: evaluate on a later
-period, not on it.
+:class:`~recsys_mt.data.FunnelStats` keep the tables learned from the training rows, and the
+training rows get the same leakage-safe values as ``fit_transform`` gave them (never their own
+labels). The calibration (map and rate prior) fitted by the first ``fit`` is kept: no
+held-out rows are left to refit it. After a refresh the new period is no longer held out:
+evaluate on a later period, not on it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from ..data.funnel_stats import fit_funnel_stats, transform_funnel_stats
 from .trainer import Trainer
 
 __all__ = ["refresh"]
@@ -74,7 +78,13 @@ def refresh(
                 f"got {type(frame).__name__}"
             )
     new_schema, growth = model.schema.update(new)
-    both = new_schema.transform(pd.concat([train, new], ignore_index=True))
+    funnel = None
+    if new_schema.funnel_stats:
+        # as fit_transform gave them: the training rows their leakage-safe (out-of-fold or
+        # time-ordered) values, never their own labels; the new rows the training tables'
+        _, own = fit_funnel_stats(new_schema, train, has_labels=True)
+        funnel = np.concatenate([own, transform_funnel_stats(new_schema, new)])
+    both = new_schema._transform(pd.concat([train, new], ignore_index=True), True, funnel)
     trainer = Trainer(max_epochs=epochs, **trainer_kwargs)
     model.grow(new_schema)
     trainer.fit(model, both)
