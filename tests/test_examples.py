@@ -67,8 +67,9 @@ def test_deep_funnel_example(tmp_path):
     results = load("deep_funnel").main(
         ["--impressions", "30000", "--epochs", "2", "--plot", str(plot)]
     )
-    assert set(results) == {"mmoe", "aitm"}
-    for r in results.values():
+    assert set(results) == {"mmoe", "aitm", "mmoe+refresh"}
+    assert results["mmoe+refresh"]["calibrated"]["ctr", "auc"] > 0.6
+    for r in (results["mmoe"], results["aitm"]):
         cal, raw = r["calibrated"], r["raw"]
         assert cal["ctr", "auc"] > 0.6
         for task in ("ctr", "cvr", "repurchase"):  # fitted on validation rows, tested on test
