@@ -53,10 +53,15 @@ def observed_rows(labels: Tensor, parents: list[int | None]) -> Tensor:
     return torch.stack(cols, dim=1) if cols else torch.zeros_like(y, dtype=torch.bool)
 
 
+def logistic_losses(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    """Per-row log loss ``[n]`` of ``σ(x @ w)`` against ``y`` (``x [n, k]``, ``w [k]``)."""
+    u = x @ w
+    return F.softplus(u) - y * u
+
+
 def logistic_loss(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
     """Mean log loss of ``σ(x @ w)`` against ``y`` (``x [n, k]``, ``w [k]``)."""
-    u = x @ w
-    return (F.softplus(u) - y * u).mean()
+    return logistic_losses(x, y, w).mean()
 
 
 def fit_logistic(x: Tensor, y: Tensor, max_iter: int = 50, tol: float = 1e-10) -> Tensor:

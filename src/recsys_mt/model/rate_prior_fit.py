@@ -35,11 +35,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.features import OOV_ID
-from .calibration import fit_logistic, logistic_loss, observed_rows
+from .calibration import fit_logistic, logistic_loss, logistic_losses, observed_rows
 
 __all__ = ["PriorChoice", "SMOOTHING_GRID", "count_tables", "fit_rate_prior"]
 
@@ -116,8 +115,7 @@ def _cv_losses(x: Tensor, y: Tensor, fold: Tensor) -> Tensor:
     out = torch.empty_like(y)
     for k in (0, 1):
         fit, held = fold != k, fold == k
-        u = x[held] @ fit_logistic(x[fit], y[fit])
-        out[held] = F.softplus(u) - y[held] * u
+        out[held] = logistic_losses(x[held], y[held], fit_logistic(x[fit], y[fit]))
     return out
 
 
@@ -185,15 +183,16 @@ def fit_rate_prior(
             cv = _cv_losses(torch.stack([zt, table[ids], ones], 1), yt, fold)
             if best is None or cv.mean() < best[0].mean():
                 best = (cv, s, table)
-        gain = float((base - best[0]).mean()) if best is not None else -math.inf
-        if not math.isfinite(gain) or gain < min_gain:
+        if best is None:
             out.append(None)
             continue
-        d = base - best[0]  # paired held-out losses, [n]
-        if gain < min_z * float(d.std()) / math.sqrt(len(d)):
-            out.append(None)  # within the noise of the validation rows
+        d = base - best[0]  # [n] paired held-out loss differences
+        gain = float(d.mean())
+        noise = float(d.std()) / math.sqrt(len(d))  # standard error of the gain
+        if not math.isfinite(gain) or gain < min_gain or gain < min_z * noise:
+            out.append(None)
             continue
-        cv, s, table = best
+        _, s, table = best
         ids = sparse[sel, s].clamp(0, len(table) - 1)
         w = fit_logistic(torch.stack([zt, table[ids], ones], 1), yt)
         out.append(PriorChoice(s, table.float(), float(w[0]), float(w[1]), float(w[2]), gain))
