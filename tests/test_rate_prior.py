@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -200,3 +202,38 @@ def test_off_switches(fitted):
         model = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(8,)), **kwargs)
         rm.Trainer(max_epochs=1, batch_size=512, progress_bar=False).fit(model, train, val)
         assert not model.rate_prior.active and model._prior_source is None
+
+
+def test_recalibrating_a_live_model_never_mixes_two_maps(fitted):
+    """A predict running while another thread re-calibrates scores every row with one whole
+    calibration: the old one or the new one, never a mix (nor a crash mid-swap)."""
+    model, _, train, val, test = fitted
+    live = copy.deepcopy(model)
+    with_prior = live.predict(test, batch_size=64)  # the map fit left: Platt + the item's rate
+    live.calibrate(val, method="temperature")  # another map, and no prior
+    plain = live.predict(test, batch_size=64)
+    assert not live.rate_prior.active and not with_prior.equals(plain)
+    results, errors, stop = [], [], threading.Event()
+
+    def scorer():
+        try:
+            while not stop.is_set():
+                results.append(live.predict(test, batch_size=64))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    thread = threading.Thread(target=scorer)
+    thread.start()
+    try:
+        for i in range(8):
+            if i % 2 == 0:
+                live.calibrate(val, method="platt", prior_from=train)
+            else:
+                live.calibrate(val, method="temperature")
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+    assert len(results) >= 4
+    mixed = [i for i, r in enumerate(results) if not (r.equals(with_prior) or r.equals(plain))]
+    assert not mixed, f"{len(mixed)} of {len(results)} predictions mixed two calibrations"

@@ -112,11 +112,12 @@ class InferenceMixin:
         if self.training:
             self.eval()
         device = self.device
+        state = self.calibration_state() if calibrated else None  # one map for every batch
         out, labels, groups = [], [], []
         for b in batches:
             moved = {k: v.to(device, non_blocking=True) for k, v in b.items()}
             z = self(moved).float()
-            out.append((self.calibrate_logits(z, moved) if calibrated else z).cpu())
+            out.append((self.calibrate_logits(z, moved, state) if calibrated else z).cpu())
             if frame is None and need_labels:
                 if "labels" not in b:
                     raise ValueError("the source reads no labels: evaluate needs them")
@@ -271,21 +272,35 @@ class InferenceMixin:
         a, b = self.calibration[:, 0], self.calibration[:, 1]
         return bool(((a != 1) | (b != 0)).any()) or self.rate_prior.active
 
-    def calibrate_logits(self, logits: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
+    def calibration_state(self) -> tuple:
+        """The calibration map as it is now: ``(calibration [T, 2], rate prior snapshot)``.
+
+        :meth:`calibrate` replaces these tensors, never writes them in place, and swaps the
+        new ones in together under ``rate_prior.lock``: a state taken here stays whole while
+        another thread re-calibrates, so one predict call scores every batch with one map.
+        """
+        with self.rate_prior.lock:
+            return self.calibration, self.rate_prior.snapshot()
+
+    def calibrate_logits(
+        self, logits: Tensor, batch: dict[str, Tensor] | None = None, state: tuple | None = None
+    ) -> Tensor:
         """Calibrated logits ``a_t · z + b_t (+ c_t · logit(rate_t))`` ``[B, T]``.
 
         ``batch`` (the rows' input tensors) is needed when a task has a rate prior: its
-        ``sparse`` ids index the rate tables. Identity columns are left as is.
+        ``sparse`` ids index the rate tables. Identity columns are left as is. ``state``: a
+        :meth:`calibration_state` to apply (default: the current one).
         """
-        out = apply_calibration(logits, self.calibration)
-        if not self.rate_prior.active:
+        calibration, prior = self.calibration_state() if state is None else state
+        out = apply_calibration(logits, calibration)
+        if all(s is None for s in prior[0]):
             return out
         if batch is None or "sparse" not in batch:
             raise ValueError(
                 "this model's calibration adds a rate prior of "
                 f"{[c for c in self.rate_prior.columns if c]}: pass the batch to calibrate_logits"
             )
-        return out + self.rate_prior(batch).to(out)
+        return out + self.rate_prior(batch, prior).to(out)
 
     def calibrate(
         self,
@@ -345,8 +360,8 @@ class InferenceMixin:
         if skipped:
             names = ", ".join(f"{self.tasks[t].name!r} ({why})" for t, why in skipped.items())
             warnings.warn(f"calibration left these tasks uncalibrated: {names}", stacklevel=2)
-        with torch.no_grad():
-            self.calibration.copy_(params.to(self.calibration))
+        with self.rate_prior.lock:  # published whole: see calibration_state
+            self.calibration = params.to(self.calibration)  # a new tensor, not written in place
             self.rate_prior.set_choices(self.schema, choices)
-        self.calibration_method = None if method == "none" else method
+            self.calibration_method = None if method == "none" else method
         return self

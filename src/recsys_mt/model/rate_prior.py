@@ -18,6 +18,7 @@ funnel so far belongs in request-time features (``Dense`` running counters) inst
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -60,15 +61,30 @@ def choose_rate_prior(
 class RatePrior(nn.Module):
     """Per-task rate tables of one sparse feature each (none until a calibration chooses).
 
+    Thread safety: tables and weights are replaced, never written in place, and swapped in
+    together under ``lock`` (re-entrant; the model holds it while it publishes a new
+    calibration). :meth:`snapshot` hands a predict call one consistent set that a concurrent
+    re-calibration or growth does not touch.
+
     Args:
         num_tasks: number of tasks ``T``.
     """
 
     def __init__(self, num_tasks: int):
         super().__init__()
+        self.lock = threading.RLock()
         self.register_buffer("weight", torch.zeros(num_tasks))
         self.columns: list[str | None] = [None] * num_tasks
         self._index: list[int | None] = [None] * num_tasks
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("lock", None)  # a lock is neither copied nor pickled: each copy gets its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.lock = threading.RLock()
 
     @property
     def active(self) -> bool:
@@ -81,6 +97,13 @@ class RatePrior(nn.Module):
     def configure(self, schema: Any, columns: list[str | None]) -> None:
         """Choose the feature of every task (``None``: no prior) and make zero tables of the
         right size; weights are reset to 0. Used by calibration and by checkpoint loading."""
+        self._install(schema, columns, {}, torch.zeros_like(self.weight))
+
+    def _install(
+        self, schema: Any, columns: list[str | None], tables: dict[int, Tensor], weight: Tensor
+    ) -> None:
+        """Check ``columns``, then swap in their tables (zeros where ``tables`` has none) and
+        ``weight`` ``[T]`` in one step under ``lock``."""
         if len(columns) != len(self.columns):
             raise ValueError(f"rate_prior needs {len(self.columns)} entries, got {len(columns)}")
         names = [f.name for f in schema.sparse]
@@ -88,56 +111,69 @@ class RatePrior(nn.Module):
             if col is not None and col not in names:
                 raise ValueError(f"rate_prior names {col!r}, which is not a Sparse feature")
         device = self.weight.device
+        new = {}
         for t, col in enumerate(columns):
-            self._buffers.pop(self._name(t), None)
             if col is not None:
-                table = torch.zeros(schema.vocab_size(col), device=device)
+                size = schema.vocab_size(col)
+                new[t] = tables[t].to(device) if t in tables else torch.zeros(size, device=device)
+        with self.lock:
+            for t in range(len(columns)):
+                self._buffers.pop(self._name(t), None)
+            for t, table in new.items():
                 self.register_buffer(self._name(t), table)
-        self.columns = list(columns)
-        self._index = [None if c is None else names.index(c) for c in columns]
-        with torch.no_grad():
-            self.weight.zero_()
+            self.weight = weight.to(self.weight)
+            self.columns = list(columns)
+            self._index = [None if c is None else names.index(c) for c in columns]
 
     def set_choices(self, schema: Any, choices: list[PriorChoice | None]) -> None:
         """Install :func:`choose_rate_prior`'s result: tables and weights ``c_t``."""
         names = [f.name for f in schema.sparse]
-        self.configure(schema, [None if c is None else names[c.column] for c in choices])
-        with torch.no_grad():
-            for t, c in enumerate(choices):
-                if c is not None:
-                    self._buffers[self._name(t)].copy_(c.table)
-                    self.weight[t] = c.c
+        columns = [None if c is None else names[c.column] for c in choices]
+        tables = {t: c.table.to(self.weight.dtype) for t, c in enumerate(choices) if c is not None}
+        weight = torch.tensor([0.0 if c is None else float(c.c) for c in choices])
+        self._install(schema, columns, tables, weight)
 
     def table(self, t: int) -> Tensor | None:
         """Task ``t``'s ``[V]`` table of smoothed rate logits (before the weight), or ``None``."""
         return self._buffers.get(self._name(t)) if self.columns[t] is not None else None
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor | None:
-        """``[B, T]`` offsets ``c_t · table_t[ids]``, or ``None`` when no task has a prior."""
-        if not self.active:
+    def snapshot(self) -> tuple:
+        """The tables, weights and feature positions as they are now (one consistent set)."""
+        with self.lock:
+            tables = [None if s is None else self._buffers[self._name(t)] for t, s in
+                      enumerate(self._index)]  # fmt: skip
+            return list(self._index), tables, self.weight
+
+    def forward(self, batch: dict[str, Tensor], snapshot: tuple | None = None) -> Tensor | None:
+        """``[B, T]`` offsets ``c_t · table_t[ids]``, or ``None`` when no task has a prior.
+
+        ``snapshot``: a :meth:`snapshot` to use (default: take one now)."""
+        index, tables, weight = self.snapshot() if snapshot is None else snapshot
+        if all(s is None for s in index):
             return None
         sparse = batch["sparse"]
         cols = []
-        for t, s in enumerate(self._index):
+        for t, s in enumerate(index):
             if s is None:
                 cols.append(torch.zeros(sparse.shape[0], device=sparse.device))
             else:
-                table = self._buffers[self._name(t)]
+                table = tables[t].to(sparse.device)
                 ids = sparse[:, s].clamp(0, table.shape[0] - 1)
-                cols.append(table.to(sparse.device)[ids] * self.weight[t].to(sparse.device))
+                cols.append(table[ids] * weight[t].to(sparse.device))
         return torch.stack(cols, dim=1)
 
     def grow(self, new_schema: Any) -> None:
         """Extend each table to ``new_schema``'s vocabulary: new ids get the OOV id's value
         (what they were scored with while unknown), so predictions do not change."""
-        for t, col in enumerate(self.columns):
-            if col is None:
-                continue
-            old = self._buffers[self._name(t)]
-            size = new_schema.vocab_size(col)
-            if size > old.shape[0]:
-                extra = old[OOV_ID].expand(size - old.shape[0])
-                self._buffers[self._name(t)] = torch.cat([old, extra]).contiguous()
+        with self.lock:
+            for t, col in enumerate(self.columns):
+                if col is None:
+                    continue
+                old = self._buffers[self._name(t)]
+                size = new_schema.vocab_size(col)
+                if size > old.shape[0]:
+                    extra = old[OOV_ID].expand(size - old.shape[0])
+                    self._buffers[self._name(t)] = torch.cat([old, extra]).contiguous()
 
     def to_config(self) -> list[str | None] | None:
         """The chosen features, one per task (``None`` when no task has one)."""
