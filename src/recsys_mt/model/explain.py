@@ -31,12 +31,12 @@ from .explain_inputs import (
     BASELINES,
     InputPlan,
     check_encoders,
-    check_frame,
     describe,
     feature_order,
     owners_in_order,
     reduce_part,
 )
+from .input_checks import check_inputs
 
 __all__ = ["BASELINES", "TARGETS", "explain"]
 
@@ -177,7 +177,7 @@ def explain(
     frame = model._as_frame(data)
     if len(frame) == 0:
         raise ValueError("explain: the frame has 0 rows: nothing to explain")
-    check_frame(model, set(frame.keys()))
+    check_inputs(model, frame, "explain")
     model.eval()  # every module (a mixed train / eval state included): no id dropout
     columns = _run(
         model, frame, fn, baseline, n_steps, batch_size, progress_bar, integrated_gradients

@@ -80,30 +80,6 @@ def check_encoders(model: nn.Module) -> None:
             )
 
 
-def check_frame(model: nn.Module, keys: set[str]) -> None:
-    """Raise ``ValueError`` naming the feature whose tensor a prepared frame lacks."""
-    schema = model.schema
-    for enc in model.encoders:
-        need: list[tuple[str, str]] = []
-        if isinstance(enc, IDEmbedding):
-            if enc.group_dims:
-                need.append(("sparse", ", ".join(f.name for f in schema.sparse)))
-            need += [(f"seq/{n}", n) for n, *_ in enc._seq]
-        elif isinstance(enc, DenseEncoder):
-            need.append(("dense", ", ".join(schema.dense_columns)))
-        elif isinstance(enc, VectorEncoder):
-            for n, flag in zip(enc._names, enc._flagged):
-                need.append((f"vec/{n}", n))
-                if flag:
-                    need.append((f"vec_present/{n}", n))
-        for key, feature in need:
-            if key not in keys:
-                raise ValueError(
-                    f"explain: the frame has no {key!r} tensor for feature(s) {feature}; "
-                    "transform the rows with the model's schema"
-                )
-
-
 class InputPlan:
     """Inputs, baselines and a forward over them for ``model`` (in eval mode).
 

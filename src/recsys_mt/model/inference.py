@@ -13,9 +13,11 @@ from torch import Tensor
 
 from ..data.frame import TensorFrame
 from ..data.loader import is_source
+from ..encoders.text import CATALOGUE_FLAG
 from .calibration import METHODS as CALIBRATION_METHODS
 from .calibration import apply_calibration, fit_calibration
 from .evaluation import evaluate_funnel
+from .input_checks import check_inputs
 from .rate_prior import choose_rate_prior
 
 __all__ = ["InferenceMixin"]
@@ -57,7 +59,12 @@ class InferenceMixin:
         ``None`` for a streaming source): each encoder with a ``before_fit(train, val)`` method
         is called in turn (:class:`~recsys_mt.encoders.IDEmbedding` matches its id dropout to
         the validation rows' unseen ids there). With ``calibration_prior="auto"`` the model
-        keeps a reference to ``train`` until :meth:`after_fit` counts its rates."""
+        keeps a reference to ``train`` until :meth:`after_fit` counts its rates. Both frames
+        are checked first: ids beyond the model's vocabularies (a frame of a grown schema
+        before ``model.grow``) would train other features' embedding rows."""
+        for name, frame in (("fit (training frame)", train), ("fit (validation frame)", val)):
+            if frame is not None:
+                check_inputs(self, frame, name)
         for enc in self.encoders:
             fn = getattr(enc, "before_fit", None)
             if fn is not None:
@@ -66,9 +73,19 @@ class InferenceMixin:
         wants_prior = self.calibration_prior == "auto" and self.auto_calibrate == "platt"
         self._prior_source = train if wants_prior and train is not None else None
 
-    def _as_frame(self, data: TensorFrame | pd.DataFrame) -> TensorFrame:
+    def _as_frame(
+        self, data: TensorFrame | pd.DataFrame, labels: bool | str = "auto"
+    ) -> TensorFrame:
+        """``data`` prepared for this model; a DataFrame is transformed first, reading its
+        label columns when present (``labels="auto"``) or never (``labels=False``: scoring
+        needs no outcome, and rows not yet observed may hold none). A DataFrame with every
+        label column still counts as labelled data for a text tower's catalogue
+        (:func:`~recsys_mt.encoders.text.is_catalogue_frame`), whichever ``labels`` is."""
         if isinstance(data, pd.DataFrame):
-            data = self.schema.transform(data, labels="auto")
+            labelled = all(t.label in data.columns for t in self.schema.tasks)
+            data = self.schema.transform(data, labels=labels)
+            if labelled and "labels" not in data:
+                data.meta.setdefault(CATALOGUE_FLAG, True)
         if not isinstance(data, TensorFrame):
             raise TypeError(f"expected a TensorFrame or DataFrame, got {type(data).__name__}")
         return self.prepare(data)
@@ -105,7 +122,7 @@ class InferenceMixin:
             batches = (b for b in data.batches(0) if len(next(iter(b.values()))))
             frame = None
         else:
-            frame = self._as_frame(data)
+            frame = self._as_frame(data, labels="auto" if need_labels else False)
             if len(frame) == 0:
                 raise ValueError("the frame has 0 rows: nothing to predict")
             batches = frame.batches(batch_size)
@@ -115,6 +132,7 @@ class InferenceMixin:
         state = self.calibration_state() if calibrated else None  # one map for every batch
         out, labels, groups = [], [], []
         for b in batches:
+            check_inputs(self, b, "predict")  # a frame of another (grown) schema: named
             moved = {k: v.to(device, non_blocking=True) for k, v in b.items()}
             z = self(moved).float()
             out.append((self.calibrate_logits(z, moved, state) if calibrated else z).cpu())
@@ -146,9 +164,14 @@ class InferenceMixin:
         or the predicted value for regression tasks), then one per binary child task with the
         joint probability (``ctcvr`` = p(click ∧ buy), ``repurchase_joint``, …). After
         :meth:`calibrate` the conditionals are calibrated and the joints are their products.
+
+        For a DataFrame the result has its index, so ``df.assign(**model.predict(df))`` lines
+        up with the rows even after filtering; label columns are never read (they may be
+        missing or NaN).
         """
         cols = self.predict_tensors(data, batch_size)
-        return pd.DataFrame({name: v.numpy() for name, v in cols.items()})
+        index = data.index if isinstance(data, pd.DataFrame) else None
+        return pd.DataFrame({name: v.numpy() for name, v in cols.items()}, index=index)
 
     def predict_tensors(
         self, data: TensorFrame | pd.DataFrame, batch_size: int = 8192
@@ -360,8 +383,10 @@ class InferenceMixin:
         if skipped:
             names = ", ".join(f"{self.tasks[t].name!r} ({why})" for t, why in skipped.items())
             warnings.warn(f"calibration left these tasks uncalibrated: {names}", stacklevel=2)
-        with self.rate_prior.lock:  # published whole: see calibration_state
-            self.calibration = params.to(self.calibration)  # a new tensor, not written in place
+        # published whole (see calibration_state), as normal tensors even when called under
+        # inference mode: load_state_dict must be able to copy into them later
+        with torch.inference_mode(False), self.rate_prior.lock:
+            self.calibration = params.to(self.calibration).clone()  # new, not written in place
             self.rate_prior.set_choices(self.schema, choices)
             self.calibration_method = None if method == "none" else method
         return self

@@ -139,7 +139,11 @@ def load_pretrained(
             model.rate_prior.configure(saved, prior)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{config_path} does not describe a valid model: {e}") from e
-    state = load_file(str(directory / WEIGHTS_NAME), device=str(map_location))
+    weights = directory / WEIGHTS_NAME
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except Exception as e:  # safetensors raises its own error type for a damaged file
+        raise CheckpointError(f"{weights} cannot be read (damaged or truncated?): {e}") from e
     expected = model.state_dict()
     excluded = tuple(excluded_keys(model))
     missing = [

@@ -112,16 +112,19 @@ class RatePrior(nn.Module):
                 raise ValueError(f"rate_prior names {col!r}, which is not a Sparse feature")
         device = self.weight.device
         new = {}
-        for t, col in enumerate(columns):
-            if col is not None:
-                size = schema.vocab_size(col)
-                new[t] = tables[t].to(device) if t in tables else torch.zeros(size, device=device)
+        with torch.inference_mode(False):  # normal tensors: load_state_dict copies into them
+            for t, col in enumerate(columns):
+                if col is not None:
+                    size = schema.vocab_size(col)
+                    zeros = torch.zeros(size, device=device)
+                    new[t] = tables[t].to(device).clone() if t in tables else zeros
+            weight = weight.to(self.weight).clone()
         with self.lock:
             for t in range(len(columns)):
                 self._buffers.pop(self._name(t), None)
             for t, table in new.items():
                 self.register_buffer(self._name(t), table)
-            self.weight = weight.to(self.weight)
+            self.weight = weight
             self.columns = list(columns)
             self._index = [None if c is None else names.index(c) for c in columns]
 
@@ -165,7 +168,7 @@ class RatePrior(nn.Module):
     def grow(self, new_schema: Any) -> None:
         """Extend each table to ``new_schema``'s vocabulary: new ids get the OOV id's value
         (what they were scored with while unknown), so predictions do not change."""
-        with self.lock:
+        with self.lock, torch.inference_mode(False):
             for t, col in enumerate(self.columns):
                 if col is None:
                     continue

@@ -26,7 +26,8 @@ The trainer imports no model class. It drives any :class:`torch.nn.Module` that 
 ``after_fit(val) -> None`` (optional)
     Called once at the end of :meth:`Trainer.fit`, after the callbacks' ``on_fit_end`` (so after
     :class:`~recsys_mt.train.EarlyStopping` restored the best weights), with the validation
-    frame (or ``None``), in eval mode under :func:`torch.inference_mode`.
+    frame (or ``None``), in eval mode under :func:`torch.no_grad` (not inference mode: buffers
+    it creates must stay normal tensors, which ``load_state_dict`` can later copy into).
     :class:`~recsys_mt.model.MultiTaskModel` calibrates its probabilities there.
 ``default_monitor`` (optional attribute)
     The metric :class:`~recsys_mt.train.EarlyStopping` and

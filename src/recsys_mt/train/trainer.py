@@ -380,8 +380,8 @@ class Trainer(EpochLoopMixin, CheckpointMixin, ValidationMixin):
                     break
             self._call("on_fit_end")
             after_fit = getattr(model, "after_fit", None)  # optional protocol
-            if after_fit is not None:
-                with torch.inference_mode():
+            if after_fit is not None:  # no_grad, not inference_mode: what it writes (the
+                with torch.no_grad():  # calibration buffers) must stay loadable in place
                     model.eval()
                     after_fit(val_frame)
                     model.train()

@@ -1,0 +1,59 @@
+"""A fitted model stays a normal torch module: it fits again (early stopping restores weights
+into it), loads state dicts, and a damaged weights file is a CheckpointError."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_rate_prior import frames
+
+import recsys_mt as rm
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    schema, train, val, test = frames()
+    torch.manual_seed(0)
+    model = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(16,), tower_dims=(8,)))
+    rm.Trainer(max_epochs=1, batch_size=512, progress_bar=False).fit(model, train, val)
+    return model, train, val, test
+
+
+def test_after_fit_no_buffer_is_an_inference_tensor(fitted):
+    model, *_ = fitted
+    assert model.rate_prior.active  # the calibration installed a rate prior's tables too
+    inference = [n for n, b in model.named_buffers() if b.is_inference()]
+    assert not inference, inference
+    model.load_state_dict(copy.deepcopy(model.state_dict()))  # copies into every buffer
+
+
+def test_a_fitted_model_fits_again_with_early_stopping_and_is_recalibrated(fitted):
+    model, train, val, test = fitted
+    model = copy.deepcopy(model)
+    before = model.calibration.clone()
+    trainer = rm.Trainer(
+        max_epochs=3, batch_size=512, progress_bar=False, callbacks=[rm.EarlyStopping()]
+    )
+    trainer.fit(model, train, val)  # EarlyStopping loads the best weights back at the end
+    assert len(trainer.history) == 3
+    assert not torch.equal(model.calibration, before)  # fitted anew on the retrained model
+    assert not any(b.is_inference() for b in model.buffers())
+    # calibrating by hand inside inference mode still installs loadable tensors
+    with torch.inference_mode():
+        model.calibrate(val, method="platt", prior_from=train)
+    model.load_state_dict(copy.deepcopy(model.state_dict()))
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_a_damaged_weights_file_is_a_checkpoint_error(fitted, tmp_path, damage):
+    model, *_ = fitted
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(
+        {"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"\xff" * 64}[damage]
+    )
+    with pytest.raises(rm.CheckpointError, match="model.safetensors"):
+        rm.MultiTaskModel.from_pretrained(tmp_path / "m")
