@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 from test_rate_prior import frames
@@ -57,3 +58,27 @@ def test_a_damaged_weights_file_is_a_checkpoint_error(fitted, tmp_path, damage):
     )
     with pytest.raises(rm.CheckpointError, match="model.safetensors"):
         rm.MultiTaskModel.from_pretrained(tmp_path / "m")
+
+
+def test_a_checkpoint_of_a_calibrated_model_resumes_into_a_fresh_one(fitted, tmp_path):
+    model, train, val, test = fitted
+    model = copy.deepcopy(model)
+    assert model.rate_prior.active
+    ckpt = rm.ModelCheckpoint(tmp_path / "ck")
+    rm.Trainer(max_epochs=1, batch_size=512, progress_bar=False, callbacks=[ckpt]).fit(
+        model, train
+    )  # no validation frame: the first fit's calibration and prior stay
+    schema = model.schema
+    fresh = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(16,), tower_dims=(8,)))
+    assert not fresh.rate_prior.active
+    trainer = rm.Trainer(max_epochs=1, batch_size=512, progress_bar=False)
+    trainer.fit(fresh, train, resume_from=ckpt.last_path)  # nothing left to train: loads only
+    assert fresh.rate_prior.columns == model.rate_prior.columns
+    for (k, a), (k2, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    pd.testing.assert_frame_equal(fresh.predict(test), model.predict(test), check_exact=True)
+    # a checkpoint of another architecture is refused and leaves the layout as it was
+    other = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(8,), tower_dims=(8,)))
+    with pytest.raises(ValueError, match="another architecture"):
+        rm.Trainer(max_epochs=1, progress_bar=False).fit(other, train, resume_from=ckpt.last_path)
+    assert not other.rate_prior.active

@@ -27,6 +27,7 @@ from ..tasks import MMoE, SharedBottom
 from ..tasks.heads import Head
 from .calibration import METHODS as CALIBRATION_METHODS
 from .calibration import identity_calibration
+from .calibration_api import CalibrationMixin
 from .counterfactual import CounterfactualRegulariser, check_counterfactual
 from .inference import InferenceMixin
 from .output_checks import check_width as _check_width
@@ -37,7 +38,7 @@ from .update import grow_model
 __all__ = ["CheckpointError", "MultiTaskModel"]
 
 
-class MultiTaskModel(InferenceMixin, nn.Module):
+class MultiTaskModel(InferenceMixin, CalibrationMixin, nn.Module):
     """Encoders + fusion + multi-task head predicting a purchase funnel.
 
     Args:

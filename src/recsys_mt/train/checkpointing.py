@@ -139,6 +139,19 @@ def _check_model_state(saved: Any, expected: Mapping[str, Tensor], path: str) ->
         )
 
 
+def _layout(model: Any) -> dict[str, Any] | None:
+    """The model's optional ``state_layout()`` (which post-fit buffers its state holds)."""
+    fn = getattr(model, "state_layout", None)
+    return fn() if fn is not None else None
+
+
+def _put_back(model: Any, layout: dict[str, Any] | None, state: Mapping[str, Tensor]) -> None:
+    """Restore ``model``'s buffer layout, then its state (a failed resume's rollback)."""
+    if layout is not None:
+        model.set_state_layout(layout)
+    model.load_state_dict(state)
+
+
 def _progress_state(progress: dict[str, Any] | None) -> dict[str, Any] | None:
     """A running epoch's accumulators as plain values (None between epochs)."""
     if progress is None:
@@ -163,6 +176,7 @@ class CheckpointMixin:
             "epoch": self.current_epoch,
             "global_step": self.global_step,
             "model": self.model.state_dict(),
+            "layout": _layout(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -215,11 +229,19 @@ class CheckpointMixin:
             raise RuntimeError(f"cannot load checkpoint {os.fspath(path)!r}: {e}") from e
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not a checkpoint written by this Trainer")
-        _check_model_state(ckpt.get("model"), self.model.state_dict(), os.fspath(path))
-        # load everything or nothing: on any failure the model, optimiser, scheduler, scaler and
-        # callbacks get their states back
+        # load everything or nothing: on any failure the model (its buffer layout included),
+        # optimiser, scheduler, scaler and callbacks get their states back
+        layout = _layout(self.model)
+        model_backup = copy.deepcopy(self.model.state_dict())
+        if layout is not None and ckpt.get("layout") is not None:
+            self.model.set_state_layout(ckpt["layout"])  # e.g. a calibrated model's prior tables
+        try:
+            _check_model_state(ckpt.get("model"), self.model.state_dict(), os.fspath(path))
+        except Exception:
+            _put_back(self.model, layout, model_backup)
+            raise
         backup = {
-            "model": copy.deepcopy(self.model.state_dict()),
+            "model": model_backup,
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -230,7 +252,7 @@ class CheckpointMixin:
         try:
             return self._load_checkpoint(ckpt)
         except Exception as e:
-            self.model.load_state_dict(backup["model"])
+            _put_back(self.model, layout, backup["model"])
             self.optimizer.load_state_dict(backup["optimizer"])
             if backup["scheduler"] is not None:
                 self.scheduler.load_state_dict(backup["scheduler"])

@@ -29,6 +29,11 @@ The trainer imports no model class. It drives any :class:`torch.nn.Module` that 
     frame (or ``None``), in eval mode under :func:`torch.no_grad` (not inference mode: buffers
     it creates must stay normal tensors, which ``load_state_dict`` can later copy into).
     :class:`~recsys_mt.model.MultiTaskModel` calibrates its probabilities there.
+``state_layout() -> dict`` and ``set_state_layout(layout)`` (optional, together)
+    Plain data describing buffers that exist only after some fit (a calibration's rate-prior
+    tables), saved in training checkpoints; a resume calls ``set_state_layout`` before it
+    checks and loads the model state, so a checkpoint of a calibrated model resumes into a
+    freshly built one.
 ``default_monitor`` (optional attribute)
     The metric :class:`~recsys_mt.train.EarlyStopping` and
     :class:`~recsys_mt.train.ModelCheckpoint` watch when created with ``monitor="auto"``.
