@@ -181,9 +181,9 @@ def test_category_coverage_and_entropy_hand_example():
     np.testing.assert_allclose(
         category_coverage(cats, 10, normalize="catalog", reduction="none"), [0.3, 0.1]
     )
-    # only 2 categories exist -> denominator min(4, 2) = 2 ; row 1: 1/2
+    # only 2 categories (ids 0 and 1) exist -> denominator min(4, 2) = 2 ; row 1: 1/2
     np.testing.assert_allclose(
-        category_coverage([[1, 2, 1, 2], [5, 5, 5, 5]], 2, reduction="none"), [1.0, 0.5]
+        category_coverage([[0, 1, 0, 1], [1, 1, 1, 1]], 2, reduction="none"), [1.0, 0.5]
     )
     mask = [[True, True, True, True], [True, False, False, False]]
     np.testing.assert_allclose(category_coverage(cats, mask=mask, reduction="none"), [0.75, 1.0])

@@ -12,6 +12,7 @@ Both functions accept numpy arrays, Python sequences or torch tensors (any devic
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -25,8 +26,15 @@ STRATEGIES = ("uniform", "quantile")
 
 def _prepare(
     y_true: Any, y_prob: Any, n_bins: int, strategy: str
-) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+) -> tuple[torch.Tensor, torch.Tensor, bool, int]:
+    """Validated ``(y, p, as_numpy, n_bins)``; ``n_bins`` may be a numpy / torch integer."""
+    if isinstance(n_bins, bool) or not hasattr(n_bins, "__index__"):
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    try:
+        n_bins = operator.index(n_bins)  # int, numpy / torch integer scalars
+    except TypeError:  # e.g. a floating torch scalar, which has __index__ but refuses it
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}") from None
+    if n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -37,7 +45,7 @@ def _prepare(
             f"y_prob must be probabilities in [0, 1], got values in [{float(p.min())}, "
             f"{float(p.max())}]"
         )
-    return y, p, as_numpy
+    return y, p, as_numpy, n_bins
 
 
 def _bin_edges(p: torch.Tensor, n_bins: int, strategy: str) -> torch.Tensor:
@@ -74,7 +82,7 @@ def ece(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: str = "uniform") -
     Args:
         y_true: ``[N]`` binary labels in {0, 1}.
         y_prob: ``[N]`` predicted probabilities of the positive class, in ``[0, 1]``.
-        n_bins: number of bins.
+        n_bins: number of bins, a positive int (numpy / torch integer scalars are accepted).
         strategy: ``"uniform"`` (equal-width bins on ``[0, 1]``) or ``"quantile"``
             (equal-count bins).
 
@@ -87,7 +95,7 @@ def ece(y_true: Any, y_prob: Any, n_bins: int = 15, strategy: str = "uniform") -
         >>> round(ece([0, 1, 1, 1], [0.2, 0.4, 0.7, 0.9], n_bins=2), 6)
         0.2
     """
-    y, p, _ = _prepare(y_true, y_prob, n_bins, strategy)
+    y, p, _, n_bins = _prepare(y_true, y_prob, n_bins, strategy)
     sum_p, sum_y, _ = _binned(y, p, n_bins, strategy)
     return float((sum_y - sum_p).abs().sum() / y.numel())
 
@@ -120,7 +128,7 @@ def reliability_curve(
         >>> mean_pred.round(6).tolist(), frac_pos.tolist(), counts.tolist()
         ([0.3, 0.8], [0.5, 1.0], [2, 2])
     """
-    y, p, as_numpy = _prepare(y_true, y_prob, n_bins, strategy)
+    y, p, as_numpy, n_bins = _prepare(y_true, y_prob, n_bins, strategy)
     sum_p, sum_y, count = _binned(y, p, n_bins, strategy)
     keep = count > 0
     n = count[keep]

@@ -119,7 +119,27 @@ def _prepare_binary(
                 f"and {s.numel()}"
             )
         _check_no_nan(w, "sample_weight")
+        bad = ~(torch.isfinite(w) & (w >= 0))
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0, 0])
+            raise ValueError(
+                f"sample_weight must be finite and non-negative, got {float(w[i])} at index {i}"
+            )
     return y, s, w
+
+
+def _check_eps(eps: Any) -> float:
+    """``eps`` of the log-loss as a float in ``(0, 0.5)``; ``ValueError`` naming it otherwise.
+
+    ``eps = 0`` would let a clipped probability reach 0 or 1, whose log is ``-inf`` and whose
+    product with a zero label is NaN.
+    """
+    if isinstance(eps, (bool, str, bytes)) or not hasattr(eps, "__float__"):
+        raise ValueError(f"eps must be a number in (0, 0.5), got {eps!r}")
+    value = float(eps)
+    if not 0.0 < value < 0.5:
+        raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
+    return value
 
 
 def _segment_auc(
@@ -178,10 +198,11 @@ def auc(y_true: Any, y_score: Any, sample_weight: Any = None) -> float:
     Args:
         y_true: ``[N]`` binary labels in {0, 1}.
         y_score: ``[N]`` scores (any monotone scale: logits or probabilities).
-        sample_weight: optional ``[N]`` non-negative weights.
+        sample_weight: optional ``[N]`` finite non-negative weights.
 
     Raises:
-        ValueError: length mismatch, NaN, non-binary labels, or only one class present.
+        ValueError: length mismatch, NaN, non-binary labels, negative or non-finite weights, or
+            only one class present.
 
     Example:
         >>> auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
@@ -255,19 +276,28 @@ def logloss(y_true: Any, y_prob: Any, eps: float = 1e-7, sample_weight: Any = No
     Args:
         y_true: ``[N]`` labels in {0, 1}.
         y_prob: ``[N]`` predicted probabilities of the positive class.
-        eps: clipping constant.
-        sample_weight: optional ``[N]`` weights (weighted mean).
+        eps: clipping constant in ``(0, 0.5)``.
+        sample_weight: optional ``[N]`` finite non-negative weights with a positive sum
+            (weighted mean).
+
+    Raises:
+        ValueError: bad input (see :func:`auc`), ``eps`` outside ``(0, 0.5)``, a negative or
+            non-finite ``sample_weight``, or weights summing to 0.
 
     Example:
         >>> round(logloss([0, 1], [0.5, 0.5]), 6)
         0.693147
     """
+    eps = _check_eps(eps)
     y, p, w = _prepare_binary(y_true, y_prob, sample_weight, score_name="y_prob")
     p = p.clamp(eps, 1 - eps)
     losses = -(y * torch.log(p) + (1 - y) * torch.log1p(-p))
     if w is None:
         return float(losses.mean())
-    return float((losses * w).sum() / w.sum())
+    total = w.sum()
+    if not float(total) > 0:
+        raise ValueError("sample_weight must have a positive sum, got all zeros")
+    return float((losses * w).sum() / total)
 
 
 def calibration_ratio(y_true: Any, y_prob: Any) -> float:

@@ -172,17 +172,27 @@ def category_coverage(
       None), i.e. 1.0 means the list is as diverse as its length allows;
     * ``normalize="catalog"``: ``d / num_categories`` (``num_categories`` required).
 
+    A negative id marks an uncategorised item (e.g. ``-1`` for a missing category): it counts in
+    ``n`` but is no category, so it never adds to ``d``.
+
     Args:
-        categories: ``[B, k]`` category id of each list item.
+        categories: ``[B, k]`` category id of each list item, in ``[0, num_categories)`` when
+            ``num_categories`` is given; negative = uncategorised.
         num_categories: total number of categories in the catalog.
         mask: optional ``[B, k]`` bool, False = padded slot.
         normalize: ``"list"`` or ``"catalog"``.
         reduction: see module doc (empty lists score 0).
         ignore_empty: see ``reduction``.
 
+    Raises:
+        ValueError: a valid slot's id is ``>= num_categories`` (the message names the slot), a
+            bad ``normalize`` / ``num_categories``, or mismatched shapes.
+
     Example:
         >>> category_coverage([[3, 3, 5, 1]])  # 3 distinct / 4 items
         0.75
+        >>> category_coverage([[-1, -1, 0]], num_categories=2)  # 1 category / min(3, 2)
+        0.5
     """
     if normalize not in ("list", "catalog"):
         raise ValueError(f"normalize must be 'list' or 'catalog', got {normalize!r}")
@@ -193,12 +203,19 @@ def category_coverage(
     device = _device_of(categories, mask)
     c = _categories(categories, device)
     valid = _slot_mask(mask, tuple(c.shape), device)
-    eq = _same_category(c, valid)
+    if num_categories is not None and bool((valid & (c >= num_categories)).any()):
+        b, i = (int(x) for x in torch.nonzero(valid & (c >= num_categories))[0])
+        raise ValueError(
+            f"categories[{b}, {i}] = {c[b, i].item()} must be < num_categories = "
+            f"{num_categories} (ids are 0..num_categories-1, negative = uncategorised)"
+        )
+    categorised = valid & (c >= 0)
+    eq = _same_category(c, categorised)
     k = c.shape[1]
     lower = torch.ones(k, k, dtype=torch.bool, device=device).tril(-1)
     seen_before = (eq & lower).any(2)
     dtype = torch.float32 if device.type == "mps" else torch.float64
-    distinct = (valid & ~seen_before).sum(1).to(dtype)
+    distinct = (categorised & ~seen_before).sum(1).to(dtype)
     n = valid.sum(1).to(dtype)
     if normalize == "catalog":
         denom = torch.full_like(n, float(num_categories))
@@ -266,8 +283,13 @@ def novelty(
     * ``popularity`` is None: ``items [B, k]`` already hold each slot's popularity, and
       ``p = items / (total or 1)`` (pass shares directly, or counts plus ``total``).
 
+    ``p`` is a probability, so it must lie in ``(0, 1]`` at every valid slot: a share above 1
+    (e.g. a count passed without ``total``, or a ``total`` smaller than a count) would give a
+    negative "self-information" and is rejected.
+
     Raises:
-        ValueError: if a valid item has ``p <= 0`` (smooth the counts, e.g. add 1).
+        ValueError: if a valid item has ``p <= 0`` (smooth the counts, e.g. add 1) or ``p > 1``
+            (pass counts together with ``total``), or ``total`` is not a positive finite number.
 
     Example:
         >>> novelty([[0, 1]], popularity=[2, 2, 4])  # p = 0.25, 0.25 -> 2 bits
@@ -305,11 +327,17 @@ def novelty(
         else:
             raise ValueError(f"popularity must be [M] or [B, N], got {tuple(table.shape)}")
     _check_no_nan(pop, "popularity")
-    if denom <= 0:
-        raise ValueError("popularity total must be positive")
+    if not (0 < denom < float("inf")):
+        raise ValueError(f"popularity total must be a positive finite number, got {denom}")
     p = pop / denom
     if bool((p[valid] <= 0).any()):
         raise ValueError("novelty is undefined for items with zero popularity; smooth the counts")
+    if bool((p[valid] > 1).any()):
+        b, i = (int(x) for x in torch.nonzero(valid & (p > 1))[0])
+        raise ValueError(
+            f"popularity share p = {float(p[b, i])} > 1 at list slot [{b}, {i}]: p must be a "
+            "probability in (0, 1]; pass shares, or counts together with total="
+        )
     n = valid.sum(1).to(p.dtype)
     info = -torch.log2(torch.where(valid, p, torch.ones_like(p)))
     nonempty = n > 0

@@ -12,13 +12,21 @@ Two families share one implementation:
 
 Conventions:
 
-* ``relevance`` is graded (float, >= 0) or binary; for Recall/HitRate/MRR an item is relevant
-  iff ``relevance > 0``. NDCG uses gain ``2**rel - 1`` and discount ``1 / log2(rank + 1)``.
+* ``relevance`` is graded (finite float, >= 0) or binary; for Recall/HitRate/MRR an item is
+  relevant iff ``relevance > 0``. NDCG uses gain ``2**rel - 1`` and discount
+  ``1 / log2(rank + 1)``; gains too large for ``exp2`` are scaled per row by a common factor,
+  which cancels in the ratio. NaN or ``±inf`` relevance raises ``ValueError``.
 * ``mask [B, N]`` (bool, True = valid candidate): invalid candidates are never ranked (they go
   after every valid one), have zero relevance, and are excluded from ideal DCG and recall
   denominators. A selected index that points to an invalid candidate earns no gain.
 * In list based metrics negative indices in ``selected`` and ``list_mask == False`` mark padded
-  slots; they are removed (the remaining items keep their order and move up).
+  slots; they are removed (the remaining items keep their order and move up). A list that
+  repeats a candidate index in its real slots raises ``ValueError`` naming the row and index
+  (the item's gain would count twice, e.g. NDCG above 1).
+* An empty list (``L = 0``) finds no relevant item: Recall, HitRate and MRR score 0 for it.
+  NDCG's ideal DCG at cut-off 0 is 0, so every row of an empty list counts as "empty" (below)
+  and the NDCG mean is NaN. Without candidates (``N = 0``) no row has a relevant item, so the
+  mean of every metric is NaN.
 * A row with no relevant valid candidate ("empty" row: ideal DCG = 0) scores 0. With
   ``ignore_empty=True`` (default) such rows are excluded from the mean; with ``False`` they are
   averaged in as 0. ``reduction="mean"`` returns a float (NaN if every row is empty and ignored);
@@ -29,6 +37,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,12 +45,18 @@ import torch
 from .classification import (
     Result,
     _as_float,
-    _check_no_nan,
     _device_of,
     _is_numpy_like,
     _reduce,
 )
-from .ranking_inputs import _as_2d, _check_k, _prep_relevance, _rank_by_scores, _rank_from_list
+from .ranking_inputs import (
+    _as_2d,
+    _check_finite,
+    _check_k,
+    _prep_relevance,
+    _rank_by_scores,
+    _rank_from_list,
+)
 
 __all__ = [
     "hit_rate_at_k",
@@ -65,12 +80,23 @@ def _discounts(n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _ndcg(ranked: torch.Tensor, rel: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row NDCG@k and non-empty flag from ranked relevance ``[B, L]`` and full ``[B, N]``."""
+    """Per-row NDCG@k and non-empty flag from ranked relevance ``[B, L]`` and full ``[B, N]``.
+
+    Gains ``2**r - 1`` of a row whose largest relevance might overflow ``exp2`` in a sum (above
+    half the dtype's exponent range, 511 in float64) are all multiplied by ``2**-shift``: NDCG is a
+    ratio of gain sums, so the common factor cancels and the result stays finite.  Other rows
+    are computed exactly as ``2**r - 1``.
+    """
     top = ranked[:, :k]
-    dcg = ((torch.exp2(top) - 1) * _discounts(top.shape[1], top)).sum(1)
     kk = min(k, rel.shape[1])
     ideal_rel = torch.topk(rel, kk, dim=1).values if kk > 0 else rel[:, :0]
-    idcg = ((torch.exp2(ideal_rel) - 1) * _discounts(kk, rel)).sum(1)
+    floor = torch.zeros(rel.shape[0], 1, dtype=rel.dtype, device=rel.device)  # N = 0 / k = 0
+    peak = torch.cat([top, ideal_rel, floor], dim=1).amax(1, keepdim=True)
+    half_range = math.log2(torch.finfo(rel.dtype).max) // 2  # 511 in float64, 63 in float32
+    shift = (peak - half_range).clamp_min(0.0)
+    one = torch.exp2(-shift)  # the "- 1" of the gain, scaled like it (exactly 1 when unshifted)
+    dcg = ((torch.exp2(top - shift) - one) * _discounts(top.shape[1], top)).sum(1)
+    idcg = ((torch.exp2(ideal_rel - shift) - one) * _discounts(kk, rel)).sum(1)
     nonempty = idcg > 0
     return torch.where(nonempty, dcg / idcg.clamp_min(1e-300), torch.zeros_like(dcg)), nonempty
 
@@ -89,7 +115,10 @@ def _hit(ranked: torch.Tensor, rel: torch.Tensor, k: int) -> tuple[torch.Tensor,
 
 def _rr(ranked: torch.Tensor, rel: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     is_rel = ranked[:, :k] > 0
-    first = torch.argmax(is_rel.to(torch.uint8), dim=1)  # first True (0 if none)
+    if is_rel.shape[1] == 0:  # empty lists / no candidates: no relevant item is found
+        first = torch.zeros(is_rel.shape[0], dtype=torch.long, device=is_rel.device)
+    else:
+        first = torch.argmax(is_rel.to(torch.uint8), dim=1)  # first True (0 if none)
     rr = is_rel.any(1).to(rel.dtype) / (first.to(rel.dtype) + 1)
     return rr, (rel > 0).any(1)
 
@@ -229,7 +258,7 @@ def ndcg_of_ranking(
     """
     device = _device_of(ranked_relevance, relevance, mask)
     ranked = _as_2d(_as_float(ranked_relevance, device), "ranked_relevance")
-    _check_no_nan(ranked, "ranked_relevance")
+    _check_finite(ranked, "ranked_relevance")
     rel, _ = _prep_relevance(relevance, mask, device)
     if ranked.shape[0] != rel.shape[0]:
         raise ValueError(

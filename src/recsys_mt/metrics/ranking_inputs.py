@@ -29,12 +29,27 @@ def _check_k(k: int | None, default: int | None) -> int:
     return int(k)
 
 
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    """``ValueError`` naming ``name`` and the position of a NaN / ``±inf`` entry of ``t``."""
+    _check_no_nan(t, name)
+    infinite = torch.isinf(t)
+    if bool(infinite.any()):
+        pos = tuple(int(x) for x in torch.nonzero(infinite)[0])
+        raise ValueError(
+            f"{name} must be finite, got {float(t[pos])} at {list(pos)} of {tuple(t.shape)}"
+        )
+
+
 def _prep_relevance(
     relevance: Any, mask: Any, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relevance ``[B, N]`` as float with invalid candidates zeroed, and the validity mask."""
+    """Relevance ``[B, N]`` as float with invalid candidates zeroed, and the validity mask.
+
+    Raises ``ValueError`` for NaN / ``±inf`` relevance anywhere (masked entries included) and
+    for negative relevance at a valid candidate.
+    """
     rel = _as_2d(_as_float(relevance, device), "relevance")
-    _check_no_nan(rel, "relevance")
+    _check_finite(rel, "relevance")
     if mask is None:
         valid = torch.ones_like(rel, dtype=torch.bool)
     else:
@@ -88,9 +103,33 @@ def _rank_from_list(
                 f"list_mask shape {tuple(lm.shape)} does not match selected {tuple(sel.shape)}"
             )
         slot_valid = slot_valid & lm
+    _check_no_repeats(sel, slot_valid)
     # Compact: valid slots first, original order kept.
     perm = torch.argsort((~slot_valid).to(torch.uint8), dim=1, stable=True)
     sel = sel.gather(1, perm)
     slot_valid = slot_valid.gather(1, perm)
     ranked = rel.gather(1, sel.clamp_min(0)) * slot_valid
     return ranked, rel
+
+
+def _check_no_repeats(sel: torch.Tensor, slot_valid: torch.Tensor) -> None:
+    """``ValueError`` naming the row and index when a list repeats a candidate.
+
+    Only the real slots (``slot_valid``) count: ``-1`` padding and ``list_mask == False`` slots
+    may repeat freely.  A repeated item would earn its gain twice (NDCG above 1, recall of one
+    relevant item counted twice), so it is a caller bug, not something to score.
+    """
+    if sel.shape[1] < 2:
+        return
+    # padded slots get distinct negative stand-ins so that only real indices can collide
+    stand_in = -1 - torch.arange(sel.shape[1], device=sel.device).expand_as(sel)
+    ordered = torch.sort(torch.where(slot_valid, sel, stand_in), dim=1).values
+    repeat = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    if bool(repeat.any()):
+        b, j = (int(x) for x in torch.nonzero(repeat)[0])
+        index = int(ordered[b, j])
+        slots = torch.nonzero(slot_valid[b] & (sel[b] == index)).flatten().tolist()
+        raise ValueError(
+            f"selected row {b} repeats candidate index {index} (at slots {slots}); a "
+            "recommendation list must not contain an item twice"
+        )

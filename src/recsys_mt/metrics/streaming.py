@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .classification import _as_float, _prepare_binary, _to_tensor, auc, gauc
+from .classification import _as_float, _check_eps, _prepare_binary, _to_tensor, auc, gauc
 
 __all__ = ["StreamingAUC", "StreamingGAUC", "StreamingLogLoss"]
 
@@ -138,7 +138,7 @@ class StreamingLogLoss:
     """
 
     def __init__(self, eps: float = 1e-7) -> None:
-        self.eps = eps
+        self.eps = _check_eps(eps)
         self.reset()
 
     def reset(self) -> None:

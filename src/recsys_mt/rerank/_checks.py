@@ -20,6 +20,7 @@ __all__ = [
     "check_int",
     "check_k",
     "check_finite_number",
+    "as_tensor",
     "prepare_scores",
     "compute_dtype",
     "batch_shaped",
@@ -86,6 +87,22 @@ def check_k(k: object, n: int) -> int:
     return min(check_int("k", k, 0), n)
 
 
+def as_tensor(value: object, name: str, device: torch.device | None = None) -> Tensor:
+    """``value`` as a tensor (on ``device``); what torch cannot convert raises naming ``name``.
+
+    Raises:
+        TypeError: strings, string / object arrays and other non-numeric values.
+        ValueError: ragged nested sequences.
+    """
+    try:
+        return torch.as_tensor(value, device=device)
+    except (TypeError, RuntimeError):
+        what = getattr(value, "dtype", type(value).__name__)
+        raise TypeError(f"{name} must be a numeric tensor or array, got {what}") from None
+    except ValueError as err:
+        raise ValueError(f"{name} must be a rectangular numeric array: {err}") from None
+
+
 def prepare_scores(scores: object, mask: object | None) -> tuple[Tensor, Tensor, bool]:
     """Batch-shape and validate ``scores`` / ``mask``.
 
@@ -98,10 +115,10 @@ def prepare_scores(scores: object, mask: object | None) -> tuple[Tensor, Tensor,
         ``valid`` is ``mask & (scores > -inf)``: ``-inf`` marks an absent candidate.
 
     Raises:
-        TypeError: complex scores, or a floating / complex mask.
+        TypeError: complex or non-numeric scores, or a floating / complex / non-numeric mask.
         ValueError: wrong shapes, or a NaN / ``+inf`` score at an unmasked candidate.
     """
-    scores = torch.as_tensor(scores)
+    scores = as_tensor(scores, "scores")
     if scores.dtype.is_complex:
         raise TypeError(f"scores must be real, got dtype {scores.dtype}")
     squeeze = scores.dim() == 1
@@ -109,10 +126,10 @@ def prepare_scores(scores: object, mask: object | None) -> tuple[Tensor, Tensor,
         scores = scores.unsqueeze(0)
     if scores.dim() != 2:
         raise ValueError(f"scores must have shape [B, N] or [N], got {tuple(scores.shape)}")
-    scores = scores.to(compute_dtype(scores.dtype))
+    scores = scores.to(compute_dtype(scores.dtype, scores.device))
     present = torch.ones_like(scores, dtype=torch.bool)
     if mask is not None:
-        mask = torch.as_tensor(mask, device=scores.device)
+        mask = as_tensor(mask, "mask", scores.device)
         if mask.dtype.is_floating_point or mask.dtype.is_complex:
             raise TypeError(f"mask must be a bool tensor (True = candidate), got {mask.dtype}")
         if squeeze:
@@ -133,22 +150,35 @@ def prepare_scores(scores: object, mask: object | None) -> tuple[Tensor, Tensor,
     return scores, present & (scores > -torch.inf), squeeze
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 / float64 stay; float16 / bfloat16 compute in float32; other -> default."""
+def compute_dtype(dtype: torch.dtype, device: torch.device | None = None) -> torch.dtype:
+    """Floating dtype the re-rankers compute ``dtype`` scores in.
+
+    float32 / float64 stay; float16 / bfloat16 compute in float32; integer (and bool) scores in
+    float64, which holds every integer up to ``2**53`` exactly (float32 would merge distinct
+    int64 scores such as ``1_700_000_000`` and ``1_700_000_001`` into ties).  On MPS, which has
+    no float64, integers compute in float32.
+    """
     if dtype in (torch.float32, torch.float64):
         return dtype
     if dtype.is_floating_point:
         return torch.float32
-    return torch.get_default_dtype()
+    if device is not None and torch.device(device).type == "mps":
+        return torch.float32
+    return torch.float64
 
 
 def batch_shaped(
     t: object | None, name: str, tail: int, shape: torch.Size, squeeze: bool, device: torch.device
 ) -> Tensor | None:
-    """``t`` as a ``[B, N, *tail]`` tensor on ``device`` matching ``shape = (B, N)``, or None."""
+    """``t`` as a ``[B, N, *tail]`` tensor on ``device`` matching ``shape = (B, N)``, or None.
+
+    Raises:
+        TypeError: ``t`` is not numeric (e.g. a string array); the message names ``name``.
+        ValueError: ``t`` has the wrong shape.
+    """
     if t is None:
         return None
-    t = torch.as_tensor(t, device=device)
+    t = as_tensor(t, name, device)
     if squeeze:
         t = t.unsqueeze(0)
     if t.dim() != 2 + tail or tuple(t.shape[:2]) != tuple(shape):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import batch_shaped, check_k, integer_tensor
+from ._checks import as_tensor, batch_shaped, check_k, integer_tensor
 from ._checks import prepare_scores as _prepare_scores
 from ._vectors import UnitVectors, release_workspace, unit_vectors
 
@@ -49,6 +49,11 @@ __all__ = [
 
 #: Index used for padded output slots (rows that run out of valid candidates).
 PAD: int = -1
+
+#: The optional per-candidate / per-user inputs of :meth:`Reranker.__call__`.
+OPTIONAL_INPUTS = frozenset(
+    {"item_vectors", "item_ids", "catalog", "categories", "user_category_pref"}
+)
 
 #: Accepted values of the ``normalize`` option.
 NORMALIZATIONS = (None, "minmax", "softmax")
@@ -185,11 +190,16 @@ class Reranker(abc.ABC):
     """Base class of the batched greedy re-rankers.
 
     Subclasses implement :meth:`_rerank`; :meth:`__call__` / :meth:`select` validate inputs.
+    A subclass names the optional inputs it reads in :attr:`inputs_used`; the others are ignored
+    (not even validated), so that one set of keyword arguments fits every re-ranker.
 
     Args:
         normalize: relevance normalisation, one of ``None``, ``"minmax"`` (default),
             ``"softmax"`` (see :func:`normalize_relevance`).
     """
+
+    #: Optional inputs this method reads (a subset of :data:`OPTIONAL_INPUTS`).
+    inputs_used: frozenset[str] = OPTIONAL_INPUTS
 
     def __init__(self, normalize: str | None = "minmax") -> None:
         check_normalize(normalize)
@@ -221,7 +231,8 @@ class Reranker(abc.ABC):
             categories: ``[B, N]`` long category ids (negative = uncategorised).
             user_category_pref: ``[B, C]`` per-user category preference/target distribution.
 
-        Inputs a method does not use are ignored, so re-rankers are interchangeable.
+        Inputs a method does not use (not in :attr:`inputs_used`) are ignored without being
+        checked, so re-rankers are interchangeable.
 
         Returns:
             ``LongTensor [B, min(k, N)]`` on the device of ``scores``: candidate positions in
@@ -230,7 +241,8 @@ class Reranker(abc.ABC):
             ``N`` or ``B`` is 0.
 
         Raises:
-            TypeError: ``k`` is not an int; a float mask; float / bool ids or categories.
+            TypeError: ``k`` is not an int; a float mask; float / bool ids or categories; a
+                non-numeric (e.g. string) input the method reads (the message names it).
             ValueError: inconsistent shapes, a NaN / ``+inf`` score of an unmasked candidate, a
                 non-finite vector of a valid candidate, an id outside the catalog, a missing
                 input the method needs, ... (messages name the argument, shape and position).
@@ -262,16 +274,15 @@ class Reranker(abc.ABC):
         with torch.no_grad():
             raw, valid, squeeze = _prepare_scores(scores, mask)
             k = check_k(k, raw.shape[1])
-            inputs = self._inputs(
-                raw,
-                valid,
-                squeeze,
-                item_vectors=item_vectors,
-                item_ids=item_ids,
-                catalog=catalog,
-                categories=categories,
-                user_category_pref=user_category_pref,
-            )
+            given = {
+                "item_vectors": item_vectors,
+                "item_ids": item_ids,
+                "catalog": catalog,
+                "categories": categories,
+                "user_category_pref": user_category_pref,
+            }
+            used = {name: (v if name in self.inputs_used else None) for name, v in given.items()}
+            inputs = self._inputs(raw, valid, squeeze, **used)
             self._check_inputs(inputs)
             if k == 0 or raw.shape[0] == 0:
                 out = torch.empty(raw.shape[0], k, dtype=torch.long, device=raw.device)
@@ -305,7 +316,7 @@ class Reranker(abc.ABC):
             raise ValueError("item_ids and catalog must be given together")
         if ids is not None:
             ids = integer_tensor(ids, "item_ids")
-            catalog = torch.as_tensor(catalog, device=device)
+            catalog = as_tensor(catalog, "catalog", device)
             if catalog.dim() != 2:
                 raise ValueError(f"catalog must have shape [M, d], got {tuple(catalog.shape)}")
         for name, t in (("item_vectors", vecs), ("catalog", catalog)):
@@ -315,7 +326,7 @@ class Reranker(abc.ABC):
             cats = integer_tensor(cats, "categories")
         pref = user_category_pref
         if pref is not None:
-            pref = torch.as_tensor(pref, device=device)
+            pref = as_tensor(pref, "user_category_pref", device)
             if pref.dtype.is_complex:
                 raise TypeError(f"user_category_pref must be real, got dtype {pref.dtype}")
             pref = pref.to(raw.dtype)

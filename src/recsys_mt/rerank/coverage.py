@@ -8,7 +8,7 @@ from torch import Tensor
 from ._checks import check_fraction, first_index
 from .base import PAD, Reranker, RerankInputs, _relevance_fill
 
-__all__ = ["CategoryCoverage", "category_distribution"]
+__all__ = ["CategoryCoverage", "category_distribution", "inferred_preference"]
 
 MODES = ("xquad", "calibrated")
 
@@ -42,6 +42,35 @@ def category_distribution(
     return _to_distribution(dist)
 
 
+def inferred_preference(
+    categories: Tensor, rel: Tensor, valid: Tensor, num_categories: int
+) -> Tensor:
+    """``[B, C]`` target ``p = P(c|u)`` of :class:`CategoryCoverage` without a preference.
+
+    ``p = (p_rel + p_count) / 2``: the mean of the relevance-weighted category distribution
+    ``p_rel`` (:func:`category_distribution` of ``rel``) and the category distribution of the
+    candidates ``p_count(c) = n(c) / n`` (each valid categorised candidate counts once).
+    ``p_rel`` alone gives no mass to a category whose candidates all have relevance 0, which
+    min-max normalisation assigns to the least relevant candidate of every row: that category
+    would never earn coverage, not even at ``lambda_ = 1``.  The count half is one pseudo-vote per
+    candidate (additive smoothing), so every category present among the valid candidates gets
+    ``p(c) >= n(c) / (2 n) > 0`` while categories rich in relevance still weigh more.
+
+    Args:
+        categories: ``[B, N]`` long ids in ``[0, num_categories)``, negative = uncategorised.
+        rel: ``[B, N]`` normalised relevance (finite at the valid candidates).
+        valid: ``[B, N]`` bool.
+        num_categories: ``C``.
+
+    Returns:
+        ``[B, C]`` rows summing to 1 (all zero for rows without a categorised valid candidate).
+    """
+    has_cat = valid & (categories >= 0)
+    by_rel = category_distribution(categories, rel, has_cat, num_categories)
+    by_count = category_distribution(categories, has_cat.to(rel.dtype), has_cat, num_categories)
+    return (by_rel + by_count) * 0.5
+
+
 def _to_distribution(dist: Tensor) -> Tensor:
     """Rows of the finite non-negative ``dist [B, C]`` divided by their sum (zero rows stay 0).
 
@@ -58,9 +87,13 @@ class CategoryCoverage(Reranker):
     """Greedy category-aware re-ranking with one category per candidate.
 
     ``p = P(c|u)`` is ``user_category_pref [B, C]`` (rows renormalised to sum 1) when given at call
-    time, otherwise the relevance-weighted category distribution of the row's valid candidates
-    (see :func:`category_distribution`).  ``categories [B, N]`` are ids in ``[0, C)``; negative ids
-    mean "uncategorised" (no coverage gain / no effect on the calibration target).
+    time, otherwise inferred from the row's valid candidates (see :func:`inferred_preference`):
+    the mean of their relevance-weighted category distribution and of their category counts, so
+    that every category present gets positive mass (relevance alone would give none to a
+    category holding only the row's least relevant candidate, whose min-max relevance is 0).
+    ``categories [B, N]`` are ids in ``[0, C)``; negative ids mean "uncategorised" (no coverage
+    gain / no effect on the calibration target).  With ``lambda_ = 1``, ``gamma = 1`` and
+    ``mode="xquad"`` the first picks therefore cover every category present before any repeats.
 
     ``mode="xquad"`` (Santos et al. 2010, with hard item-category membership): pick
 
@@ -98,6 +131,8 @@ class CategoryCoverage(Reranker):
     user_category_pref=[B, C] | None) -> LongTensor [B, min(k, N)]``, ``-1`` padded in rows with
     fewer valid candidates (see :class:`~recsys_mt.rerank.base.Reranker`).
     """
+
+    inputs_used = frozenset({"categories", "user_category_pref"})
 
     def __init__(
         self,
@@ -158,7 +193,7 @@ class CategoryCoverage(Reranker):
             if num_cat > cats.shape[1]:  # sparse ids: number the categories present densely
                 cat_idx = torch.unique(cat_idx, return_inverse=True)[1]
                 num_cat = int(cat_idx.max()) + 1
-            pref = category_distribution(cat_idx, inputs.rel, has_cat, num_cat)
+            pref = inferred_preference(cat_idx, inputs.rel, has_cat, num_cat)
         if self.mode == "xquad":
             return self._xquad(inputs, k, pref, cat_idx, has_cat)
         return self._calibrated(inputs, k, pref, cat_idx, has_cat)

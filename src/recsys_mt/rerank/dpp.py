@@ -76,6 +76,8 @@ class DPP(Reranker):
         normalize: relevance normalisation (``"minmax"``, ``"softmax"`` or ``None``).
     """
 
+    inputs_used = frozenset({"item_vectors", "item_ids", "catalog"})
+
     def __init__(
         self,
         theta: float = 0.7,

@@ -5,12 +5,16 @@ Every fusion is a callable ``fusion(scores)`` where ``scores`` is either
 * a ``pandas.DataFrame`` with one column per objective -> returns a ``pandas.Series`` named
   ``"score"`` with the frame's index, or
 * a mapping ``{name: Tensor}`` of same-shaped tensors (e.g. ``[B, N]``) -> returns a ``Tensor`` of
-  that shape (floating; integer inputs are promoted to the default float dtype).
+  that shape and of the promoted floating dtype of the inputs, where integer (and bool) tensors
+  count as float64: large integer scores (ids, timestamps, prices in cents) stay distinct instead
+  of rounding to ties in float32.
 
 A missing objective raises ``KeyError`` naming it and listing the available ones.
 :class:`WeightedSum` and :class:`WeightedProduct` accumulate in float64 and saturate: where all
 their inputs are finite the result is finite (an overflow gives ``±finfo(dtype).max``), while
-non-finite inputs propagate (a ``-inf`` "absent" score stays ``-inf`` in a sum).  Fusions
+non-finite inputs propagate (a ``-inf`` "absent" score stays ``-inf`` in a sum).  An objective
+with weight (exponent) ``0`` does not contribute at all: its column must exist, but whatever it
+holds (``±inf``, NaN) is not read, so ``0 * inf`` never turns a score into NaN.  Fusions
 serialise to JSON-able dicts with :meth:`Fusion.to_config` and back with
 :meth:`Fusion.from_config`.
 """
@@ -67,10 +71,10 @@ class _Columns(Mapping):
         self.shape = shapes.pop() if shapes else ()
         dtype = None
         for t in tensors.values():
-            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
-        if dtype is None or not dtype.is_floating_point:
-            dtype = torch.get_default_dtype()
-        self.dtype = dtype
+            # integer / bool columns compute in float64: float32 would merge distinct large ints
+            own = t.dtype if t.dtype.is_floating_point else torch.float64
+            dtype = own if dtype is None else torch.promote_types(dtype, own)
+        self.dtype = torch.get_default_dtype() if dtype is None else dtype
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._names:
@@ -116,16 +120,25 @@ def _saturate(value: Tensor, finite: Tensor, dtype: torch.dtype) -> Tensor:
 def _weighted_total(
     cols: _Columns, params: Mapping[str, float], transform: Callable[[Tensor], Tensor]
 ) -> tuple[Tensor, Tensor]:
-    """``(sum_i params_i * transform(x_i), all x_i finite)`` in float64, overflow-saturated."""
+    """``(sum_i params_i * transform(x_i), all x_i finite)`` in float64, overflow-saturated.
+
+    Objectives with ``params_i == 0`` are looked up (a missing one raises ``KeyError``) but add
+    nothing, not even to the finiteness flag: their values may be ``±inf`` or NaN.  With every
+    parameter zero the total is ``0`` (a product of ``x ** 0`` is 1).
+    """
     total: Tensor | None = None
     finite: Tensor | None = None
     for name, p in params.items():
         x = cols[name]
         x = x.to(torch.float64) if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float64)
+        if p == 0.0:
+            continue
         ok = torch.isfinite(x)
         term = _saturate(transform(x) * p, ok, torch.float64)
         finite = ok if finite is None else finite & ok
         total = term if total is None else _saturate(total + term, finite, torch.float64)
+    if total is None:  # every parameter is zero
+        total, finite = torch.zeros_like(x), torch.ones_like(x, dtype=torch.bool)
     return total, finite
 
 

@@ -19,9 +19,11 @@ class MMR(Reranker):
     ``argmax_{i not in S}  lambda_ * rel(i) - (1 - lambda_) * max_{j in S} cos(v_i, v_j)``
 
     where ``rel`` is the per-row normalised relevance (``[0, 1]`` with the default min-max) and the
-    max-similarity term is ``0`` while ``S`` is empty (so the first pick is the most relevant
-    item).  The running ``max_{j in S}`` vector is updated incrementally: each step costs one
-    ``[N, d] x [d]`` product per user (``O(N d)``), never a product against the whole of ``S``.
+    max-similarity term is ``0`` while ``S`` is empty, so the first pick is the most relevant
+    item: the first item of :func:`~recsys_mt.rerank.relevance_order` for every ``lambda_``,
+    including ``lambda_ = 0``, where the formula alone would tie all candidates.  The running
+    ``max_{j in S}`` vector is updated incrementally: each step costs one ``[N, d] x [d]``
+    product per user (``O(N d)``), never a product against the whole of ``S``.
 
     ``lambda_ = 1`` is pure relevance (plain score order; no vectors needed); ``lambda_ = 0`` is
     pure diversity.
@@ -36,6 +38,8 @@ class MMR(Reranker):
     (empty inputs give empty results; NaN / ``+inf`` scores and non-finite vectors of valid
     candidates raise ``ValueError``).
     """
+
+    inputs_used = frozenset({"item_vectors", "item_ids", "catalog"})
 
     def __init__(self, lambda_: float = 0.7, *, normalize: str | None = "minmax") -> None:
         super().__init__(normalize)
@@ -70,8 +74,11 @@ class MMR(Reranker):
         out = torch.full((bsz, k), PAD, dtype=torch.long, device=device)
 
         for t in range(steps):
-            torch.add(weighted_rel, max_sim, alpha=-(1.0 - lam), out=score)
-            best = score.argmax(dim=1)  # first maximum -> lowest index on ties
+            if t == 0:  # S is empty: the most relevant candidate (relevance order, also at lam=0)
+                best = inputs.scores.argmax(dim=1)
+            else:
+                torch.add(weighted_rel, max_sim, alpha=-(1.0 - lam), out=score)
+                best = score.argmax(dim=1)  # first maximum -> lowest index on ties
             out[:, t] = best
             if t + 1 == steps:
                 break

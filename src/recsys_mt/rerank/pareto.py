@@ -111,8 +111,10 @@ class ParetoResult:
             minimize: objective to minimise.
             constraints: ``{objective: spec}``; a spec is ``">= 0.3"`` (absolute),
                 ``">= 0.99 * max"``, ``"<= 1.05 * min"``, ``">= 0.95 * best"`` (relative to the
-                best / largest / smallest value over all trials), or a bare number (``>=`` for
-                maximised, ``<=`` for minimised objectives).
+                best / largest / smallest value ``v`` over all trials: ``f * v`` means
+                ``v + (f - 1) * |v|``, so ``">= 0.99 * max"`` is "within 1 % of the largest"
+                for negative values too), or a bare number (``>=`` for maximised, ``<=`` for
+                minimised objectives).
 
         Returns:
             the chosen :class:`ParetoChoice`; ties in the target go to a front trial, then to

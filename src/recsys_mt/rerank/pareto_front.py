@@ -54,6 +54,12 @@ def parse_constraint(spec: Any, column: pd.Series, direction: str) -> tuple[str,
     the column's largest / smallest value over all trials; ``best`` is ``max`` for maximised
     and ``min`` for minimised objectives).  A bare number means ``>=`` for a maximised
     objective and ``<=`` for a minimised one.
+
+    A fraction ``f`` of a reference value ``v`` is relative to its magnitude: the threshold is
+    ``v + (f - 1) * |v|``, which is ``f * v`` for ``v >= 0``.  So ``">= 0.99 * max"`` keeps the
+    trials within 1 % of the largest value also when it is negative (``max = -16.03`` gives
+    ``-16.19``, where ``0.99 * max = -15.87`` would lie above every trial), and
+    ``"<= 1.05 * min"`` keeps those at most 5 % above the smallest.
     """
     if isinstance(spec, (int, float, np.integer, np.floating)) and not isinstance(spec, bool):
         return (">=" if direction == "maximize" else "<="), float(spec)
@@ -72,7 +78,8 @@ def parse_constraint(spec: Any, column: pd.Series, direction: str) -> tuple[str,
     if ref == "best":
         ref = "max" if direction == "maximize" else "min"
     base = float(column.max() if ref == "max" else column.min())
-    return op, (1.0 if number is None else float(number)) * base
+    fraction = 1.0 if number is None else float(number)
+    return op, base + (fraction - 1.0) * abs(base)
 
 
 def select_trial(

@@ -17,6 +17,8 @@ An objective scores the ranked lists ``ranked [B, k]`` (positions into the ``N``
 * ``"coverage@K"``: category coverage of the top K, distinct categories / ``min(list length,
   C)`` with ``C`` the number of categories in ``categories`` (1.0 = as diverse as the list
   length allows), needs ``categories`` (:func:`~recsys_mt.metrics.category_coverage`).
+  Uncategorised candidates (negative ids, e.g. ``-1`` for a missing category) count in the list
+  length but cover no category.
 
 The means run over users with at least one valid candidate.  All built-ins are maximised.
 Any other objective is an :class:`Objective` (or a ``(name, fn)`` / ``(name, fn, direction)``
@@ -178,7 +180,7 @@ def _builtin(name: str, kind: str, k: int, arg: str | None, data: dict[str, Any]
     if data["categories"] is None:
         raise ValueError(f"objectives: {name!r} needs categories [B, N]")
 
-    n_categories = int(data["categories"].max()) + 1
+    n_categories = int(data["categories"].max()) + 1  # ids are 0..C-1, negative = uncategorised
 
     def coverage(r: Tensor, c: ObjectiveContext) -> float:
         top = _top(r, k)

@@ -99,7 +99,8 @@ def mmr_reference(
     normalize: str | None = "minmax",
     incremental: bool = False,
 ) -> np.ndarray:
-    """MMR: ``argmax lambda*rel(i) - (1-lambda)*max_{j in S} cos(i, j)`` (0 while S is empty).
+    """MMR: ``argmax lambda*rel(i) - (1-lambda)*max_{j in S} cos(i, j)``; the first pick (empty
+    ``S``) is the most relevant candidate, also for ``lambda_ = 0``.
 
     ``incremental=False`` recomputes the similarity to the whole selected set at every step (the
     literal definition); ``incremental=True`` keeps a running maximum (the fast per-user loop).
@@ -114,13 +115,16 @@ def mmr_reference(
     unit = _unit(vectors)
     avail = valid.copy()
     selected: list[int] = []
-    running = np.zeros(n)
     for _ in range(k):
         if not avail.any():
             break
-        if not selected:
-            max_sim = np.zeros(n)
-        elif incremental:
+        if not selected:  # the most relevant candidate, lowest index on ties
+            j = int(np.argmax(np.where(avail, scores, -np.inf)))
+            selected.append(j)
+            avail[j] = False
+            running = unit @ unit[j]
+            continue
+        if incremental:
             max_sim = running
         else:
             max_sim = (unit @ unit[selected].T).max(axis=1)
@@ -130,8 +134,7 @@ def mmr_reference(
         selected.append(j)
         avail[j] = False
         if incremental:
-            sim = unit @ unit[j]
-            running = sim if len(selected) == 1 else np.maximum(running, sim)
+            running = np.maximum(running, unit @ unit[j])
     return _pad(selected, k)
 
 
@@ -143,15 +146,16 @@ def _category_pref(
         p = np.asarray(pref, dtype=np.float64)
         total = p.sum()
         return p / total if total > 0 else p
+    # mean of the relevance-weighted and the count distribution of the categorised candidates
     has = valid & (categories >= 0)
     num = int(categories[has].max()) + 1 if has.any() else 1
+    counts = np.bincount(categories[has], minlength=num).astype(np.float64)
     p = np.zeros(num)
-    for i in np.flatnonzero(has):
-        p[categories[i]] += max(rel[i], 0.0)
-    if p.sum() <= 0:
-        p = np.bincount(categories[has], minlength=num).astype(np.float64)
-    total = p.sum()
-    return p / total if total > 0 else p
+    np.add.at(p, categories[has], np.maximum(rel[has], 0.0))
+    p = p if p.sum() > 0 else counts
+    if not has.any():
+        return p
+    return (p / p.sum() + counts / counts.sum()) * 0.5
 
 
 def xquad_reference(
@@ -167,8 +171,8 @@ def xquad_reference(
 ) -> np.ndarray:
     """xQuAD, hard membership: ``(1-l) rel(i) + l p(c_i) prod_{j in S} (1 - gamma [c_j = c_i])``.
 
-    ``pref`` defaults to the relevance-weighted category distribution of the valid candidates;
-    negative categories earn no coverage.
+    ``pref`` defaults to the mean of the relevance-weighted and the count category distribution
+    of the valid candidates (as ``CategoryCoverage``); negative categories earn no coverage.
     """
     scores = np.asarray(scores, dtype=np.float64)
     categories = np.asarray(categories, dtype=np.int64)
