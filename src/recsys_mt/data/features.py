@@ -95,7 +95,9 @@ class Sparse(Feature):
             ``schema.json``) instead of the raw ids; needs ``hash_key``. Ids, and so every
             encoded tensor, are identical to those of the same feature without ``anonymize``.
 
-    Ids are int64: 0 = missing (NaN / None), 1 = out of vocabulary, 2.. = known values.
+    Ids are int64: 0 = missing (NaN / None), 1 = out of vocabulary, 2.. = known values. A
+    column holds int ids (integer, bool or whole-float dtype, or an object column of ints and
+    whole floats) or str ids (strings); a categorical column follows its categories.
     """
 
     kind: ClassVar[str] = "sparse"
@@ -181,8 +183,11 @@ class Sequence(Feature):
         min_freq: as for :class:`Sparse`, when the vocabulary is its own.
         max_vocab: see ``min_freq``.
         column: source column; each cell is a flat list / tuple / 1-d array of scalar ids (int or
-            str, one type per column), or NaN / None for an empty list. Nested lists, dicts,
-            sets and bytes raise :class:`~recsys_mt.data.SchemaError` naming the column and row.
+            str, one type per column), or NaN / None for an empty list; a missing element
+            (None / NaN / NA) is id 0. Int ids stay exact int64: a float id beyond 2^53 (ids
+            that went through float64, e.g. ``list<int64>`` with nulls read by plain pandas),
+            nested lists, dicts, sets and bytes raise :class:`~recsys_mt.data.SchemaError`
+            naming the column and row.
 
     Encoded as int64 ``[N, max_len]``, left-aligned, padded with 0.
     """
@@ -283,7 +288,8 @@ class FunnelStats(Feature):
         smoothing: pseudo-count ``m`` > 0 of the prior: ``rate = (num + m·prior) / (den + m)``.
         folds: number of out-of-fold folds (>= 2) for ``fit_transform``'s training values.
         time_column: if set, ``fit_transform`` gives each training row the statistics of the
-            rows with a strictly earlier time value instead of out-of-fold ones.
+            rows with a strictly earlier time value instead of out-of-fold ones. The column
+            must be datetime64 (tz-aware too) or numeric: strings would order alphabetically.
         counts: also output the ``log1p`` exposure count per task.
         seed: seed of the random fold assignment.
         unseen_rate: share of training rows (drawn with ``seed``) given the values of an

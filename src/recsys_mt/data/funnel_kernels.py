@@ -99,6 +99,19 @@ def _time_ordered(codes: np.ndarray, weights: np.ndarray, time_rank: np.ndarray)
 def _time_rank(df: pd.DataFrame, spec: FunnelStats) -> np.ndarray:
     col = df[spec.time_column]
     what = f"time column {spec.time_column!r} of FunnelStats({spec.name!r})"
+    dtype = col.dtype
+    ordered = (
+        pd.api.types.is_datetime64_any_dtype(dtype)  # tz-aware too
+        or pd.api.types.is_timedelta64_dtype(dtype)
+        or (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype))
+    )
+    if not ordered or isinstance(dtype, pd.CategoricalDtype):
+        held = pd.api.types.infer_dtype(col, skipna=True)
+        raise SchemaError(
+            f"{what} has dtype {dtype} ({held} values); time values must be datetime64 or "
+            "numeric, which order by time (strings order alphabetically: '10/1/2020' before "
+            "'9/1/2020'); convert the column, e.g. with pd.to_datetime(df[col], format=...)"
+        )
     nan = col.isna().to_numpy()
     if nan.any():
         raise SchemaError(f"{what} is missing at row {int(nan.argmax())} ({int(nan.sum())} rows)")

@@ -41,7 +41,7 @@ from .parquet_plan import (
     unsupported_features,
 )
 from .parquet_read import MISSING_GROUP as MISSING_GROUP  # re-exported
-from .parquet_read import _group_codes, _pandas_dtype, _Reader
+from .parquet_read import _group_codes, _Reader, arrow_frame
 from .vectors import empty_vector_tensors
 from .vocab import OOVWarning, SchemaError
 
@@ -313,7 +313,7 @@ class ParquetSource:
                 raise SchemaError(
                     f"pass-through column {c!r} holds nulls in {_where(pieces, self)}"
                 )
-        df = table.to_pandas(types_mapper=_pandas_dtype)
+        df = arrow_frame(table, [f.column for f in self.schema.sequences])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:

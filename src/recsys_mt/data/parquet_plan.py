@@ -208,8 +208,8 @@ def _id_family(t: Any, pa: Any) -> str | None:
     """How pandas reads a column of this Arrow type as ids: ``"int"``, ``"str"``, ``"null"``."""
     if pa.types.is_null(t):
         return "null"
-    if pa.types.is_dictionary(t):  # a pandas categorical: str ids, as in Schema.transform
-        return "str"
+    if pa.types.is_dictionary(t):  # a pandas categorical: ids of its categories' kind
+        return _id_family(t.value_type, pa)
     if pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_floating(t):
         return "int"
     if pa.types.is_string(t) or pa.types.is_large_string(t) or _is_string_view(t, pa):
@@ -271,6 +271,10 @@ def check_columns(path: str, arrow_schema: Any, needs: Sequence[Need]) -> None:
 
 def _widen(types: list[Any], pa: Any) -> Any | None:
     """One Arrow type all ``types`` cast to losslessly enough for encoding, or ``None``."""
+    types = [t.value_type if pa.types.is_dictionary(t) else t for t in types]
+    types = [t for t in types if not pa.types.is_null(t)] or types  # all-null: no say
+    if len(set(types)) == 1:
+        return types[0]
     if all(pa.types.is_integer(t) or pa.types.is_boolean(t) for t in types):
         return pa.int64()
     if all(_is_number(t, pa) for t in types):

@@ -3,6 +3,7 @@ Arrow columns as pandas dtypes, and group values as stable int64 codes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,17 @@ def _pandas_dtype(t: Any) -> Any:
     if pa.types.is_boolean(t):
         return pd.BooleanDtype()
     return None
+
+
+def arrow_frame(table: Any, list_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """``table`` as a DataFrame with :func:`_pandas_dtype`'s dtypes; the id-list columns named in
+    ``list_columns`` stay Arrow lists (``pd.ArrowDtype``): pyarrow's own conversion turns a chunk
+    of ``list<int64>`` holding a null into float64 arrays, merging ids above 2^53."""
+    lists = [c for c in dict.fromkeys(list_columns) if c in table.column_names]
+    df = table.drop_columns(lists).to_pandas(types_mapper=_pandas_dtype)
+    for c in lists:
+        df[c] = pd.Series(pd.arrays.ArrowExtensionArray(table.column(c)), index=df.index)
+    return df[table.column_names]
 
 
 def _group_codes(col: pd.Series) -> np.ndarray:

@@ -14,11 +14,11 @@ from .features import Sequence
 from .frame import TensorFrame
 from .funnel_stats import fit_funnel_stats, transform_funnel_stats
 from .group_support import supported_features, supported_vocab
+from .id_lists import _flatten_lists
 from .vectors import fit_vector_stats, vector_tensors
 from .vocab import (
     SchemaError,
     _canonical,
-    _flatten_lists,
     _id_kind,
     _Vocab,
     fit_vocab,
@@ -61,13 +61,15 @@ def fit_frame(schema: Any, df: pd.DataFrame) -> np.ndarray | None:
 
 
 def check_seq_kind(f: Sequence, flat: pd.Series, kind: str) -> None:
-    """``SchemaError`` when a sequence sharing ``f.vocab_from``'s vocabulary holds other ids."""
-    if not len(flat):
+    """``SchemaError`` when a sequence holds ids of another kind than ``kind`` (its own
+    vocabulary's, or ``f.vocab_from``'s); elements that are all missing have no kind."""
+    if not len(flat) or flat.isna().all():
         return
     got = _id_kind(flat, f"sequence column {f.column!r}")
     if got != kind:
+        owner = repr(f.vocab_from) if f.vocab_from else "its vocabulary"
         raise SchemaError(
-            f"sequence column {f.column!r} holds {got} ids but {f.vocab_from!r} has {kind} ids"
+            f"sequence column {f.column!r} holds {got} ids but {owner} has {kind} ids"
         )
 
 
@@ -95,12 +97,12 @@ def transform_frame(
     for j, f in enumerate(schema.sparse):
         vocab = schema.vocabularies_[f.name]
         kind = _id_kind(df[f.column], f"column {f.column!r}")
-        if kind != vocab.kind:
+        if kind != vocab.kind and not df[f.column].isna().all():  # all missing: no kind, ids 0
             raise SchemaError(
                 f"column {f.column!r} holds {kind} ids but the schema was fit on {vocab.kind} "
                 f"ids (dtype now {df[f.column].dtype}); cast the column"
             )
-        values, missing = _canonical(df[f.column], kind)
+        values, missing = _canonical(df[f.column], vocab.kind)
         sparse[:, j] = vocab.lookup(values, missing)
         count_oov(f.name, sparse[:, j], missing)
     if schema.sparse:

@@ -19,7 +19,8 @@ import pandas as pd
 from .features import Sequence, Sparse
 from .group_support import filtered_by_support, group_support, supported_features
 from .hashing import anonymize
-from .vocab import SchemaError, _canonical, _flatten_lists, _id_kind, _Vocab, is_hashed
+from .id_lists import _flatten_lists
+from .vocab import SchemaError, _canonical, _id_kind, _Vocab, is_hashed
 
 if TYPE_CHECKING:
     from .schema import Schema
@@ -89,7 +90,7 @@ def _values_of(schema: Schema, df: pd.DataFrame) -> dict[str, tuple[np.ndarray, 
     for f in schema.sequences:
         vocab = schema.vocabularies_[f.vocab_from or f.name]
         _, flat = _flatten_lists(df[f.column], f.column)
-        if len(flat):
+        if len(flat) and not flat.isna().all():  # all missing: no kind, ids 0
             kind = _id_kind(flat, f"sequence column {f.column!r}")
             if kind != vocab.kind:
                 raise SchemaError(

@@ -25,13 +25,13 @@ from tqdm import tqdm
 from .columns import dense_stats_from, dense_values
 from .features import Dense, FunnelStats, Sequence, Sparse, Text, Vector
 from .group_support import GroupSupport, filtered_by_support, supported_features
-from .parquet import _pandas_dtype
+from .id_lists import _flatten_lists
 from .parquet_plan import ParquetReadError, check_int, import_pyarrow, list_files, read_metadata
+from .parquet_read import arrow_frame
 from .vectors import VectorStats, vector_stats_from, vector_values
 from .vocab import (
     SchemaError,
     _canonical,
-    _flatten_lists,
     _id_kind,
     _Vocab,
     is_hashed,
@@ -234,13 +234,13 @@ class _StreamFit:
         source = self.ids[f.vocab_from]
         if source.decided and f.name in self.pending:
             self.schema._check_seq_kind(f, self.pending.pop(f.name), source.kind)
-        if not len(flat):
+        if not len(flat) or flat.isna().all():
             return
         if source.decided:
             self.schema._check_seq_kind(f, flat, source.kind)
         else:
             _id_kind(flat, f"sequence column {f.column!r}")
-            self.pending.setdefault(f.name, flat.iloc[:1])
+            self.pending.setdefault(f.name, flat[flat.notna()].iloc[:1])
 
     def result(self) -> tuple[dict[str, _Vocab], dict[str, Any], dict[str, VectorStats]]:
         """Vocabularies, dense and vector statistics, as ``Schema.fit`` orders them."""
@@ -271,7 +271,8 @@ def _chunks(
         groups, arrow_schemas = read_metadata(files)
         columns = _columns(schema)
         total = sum(g.rows for g in groups)
-        return _parquet_chunks(files, arrow_schemas, columns, chunk_rows), total
+        lists = [f.column for f in schema.sequences]
+        return _parquet_chunks(files, arrow_schemas, columns, lists, chunk_rows), total
     not_chunks = (str, bytes, Mapping, pd.Series, np.ndarray)
     if isinstance(data, not_chunks) or not isinstance(data, Iterable):
         raise TypeError(
@@ -313,11 +314,16 @@ def _frame_chunks(data: Iterable[Any]) -> Iterator[tuple[str, pd.DataFrame]]:
 
 
 def _parquet_chunks(
-    files: list[str], arrow_schemas: list[Any], columns: list[str], chunk_rows: int
+    files: list[str],
+    arrow_schemas: list[Any],
+    columns: list[str],
+    lists: list[str],
+    chunk_rows: int,
 ) -> Iterator[tuple[str, pd.DataFrame]]:
     """Raw chunks of ``chunk_rows`` rows of each file in turn, only the wanted columns that the
     file holds (a missing one is then reported by the chunk's validation), as pandas frames
-    with the dtypes :class:`~recsys_mt.data.ParquetSource` encodes."""
+    with the dtypes :class:`~recsys_mt.data.ParquetSource` encodes (``lists``: the id-list
+    columns, kept Arrow lists so their ids stay exact)."""
     pa, pq = import_pyarrow()
     for path, arrow_schema in zip(files, arrow_schemas):
         held = [c for c in columns if c in arrow_schema.names]
@@ -326,7 +332,8 @@ def _parquet_chunks(
         try:
             pf = pq.ParquetFile(path)
             for batch in pf.iter_batches(batch_size=chunk_rows, columns=held):
-                df = batch.replace_schema_metadata(None).to_pandas(types_mapper=_pandas_dtype)
+                batch = pa.Table.from_batches([batch.replace_schema_metadata(None)])
+                df = arrow_frame(batch, lists)
                 if len(df):
                     yield f"{path} (rows {start} to {start + len(df) - 1})", df
                     start += len(df)

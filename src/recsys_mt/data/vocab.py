@@ -7,7 +7,7 @@ to ids by a :class:`_Vocab` (0 missing, 1 OOV, 2.. known values or hash buckets)
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,9 +30,13 @@ class OOVWarning(UserWarning):
     """``Schema.transform`` met more out-of-vocabulary ids than ``oov_warn_rate`` allows."""
 
 
-def _id_kind(values: pd.Series | np.ndarray, what: str) -> str:
-    """'int' or 'str' for a column of ids; raises on floats that are not whole numbers."""
+def _id_kind(values: pd.Series | pd.Index | np.ndarray, what: str, unit: str = "row") -> str:
+    """'int' or 'str' for a column of ids; raises on floats that are not whole numbers, ids
+    beyond int64 and numbers mixed with strings. An object column is int ids when its values
+    are numbers (ints, whole floats), str ids otherwise; a categorical follows its categories."""
     dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _id_kind(dtype.categories, f"{what} (its categories)", unit="category")
     if pd.api.types.is_bool_dtype(dtype):
         return "int"
     if pd.api.types.is_integer_dtype(dtype):
@@ -56,18 +60,112 @@ def _id_kind(values: pd.Series | np.ndarray, what: str) -> str:
                 "beyond int64 (and beyond exact float precision); store the ids as int or str"
             )
         return "int"
-    inferred = pd.api.types.infer_dtype(values, skipna=True)
-    if inferred not in ("string", "empty", "categorical"):
-        _check_scalars(np.asarray(values, dtype=object), what)
-    if inferred in ("mixed-integer", "mixed-integer-float"):
-        ints = [v for v in values if isinstance(v, (int, np.integer)) and not isinstance(v, bool)]
-        strs = [v for v in values if isinstance(v, str)]
-        example = f" (e.g. {ints[0]!r} and {strs[0]!r})" if ints and strs else ""
-        raise SchemaError(
-            f"{what} mixes numeric and str ids{example}; as str they would merge 1 and '1': "
-            "cast the column to one type"
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        return "str"
+    arr = np.asarray(values, dtype=object)
+    _check_scalars(arr, what)
+    numbers = _object_ids(arr, what, lambda i: f"{unit} {i}")
+    return "str" if numbers is None else "int"
+
+
+MAX_EXACT_FLOAT = 2**53
+"""float64 holds every integer up to this magnitude, and not every one beyond."""
+
+_NUMBERS = (int, float, np.integer, np.floating, np.bool_)
+
+
+def _object_ids(
+    values: np.ndarray, what: str, at: Callable[[int], str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(int64 ids, missing mask)`` of an object array of scalar ids holding numbers, or
+    ``None`` when it holds none (str ids: strings, or other scalars read as strings).
+
+    Ints and whole floats are ids; missing values (None, NaN, NA) are masked. Raises naming the
+    value and ``at(i)`` (its place) for numbers beside other values, for floats that are not
+    whole or beyond 2^53, and for ints beyond int64.
+    """
+    missing = np.asarray(pd.isna(values), dtype=bool)
+    if pd.api.types.infer_dtype(values, skipna=True) in ("integer", "boolean"):
+        number, floats = ~missing, np.zeros(len(values), dtype=bool)  # ints only: no scan
+    else:
+        number = ~missing & np.fromiter(
+            (isinstance(v, _NUMBERS) for v in values), bool, len(values)
         )
-    return "str"
+        floats = number & np.fromiter(
+            (isinstance(v, (float, np.floating)) for v in values), bool, len(values)
+        )
+    if not number.any():
+        return None
+    other = ~(number | missing)
+    if other.any():
+        i, j = int(np.argmax(number)), int(np.argmax(other))
+        v = values[j]
+        held = "str" if isinstance(v, str) else type(v).__name__
+        raise SchemaError(
+            f"{what} mixes numeric and {held} ids (e.g. {_short(values[i])} at {at(i)} and "
+            f"{_short(v)} at {at(j)}); as str they would merge 1 and '1': cast them to one type"
+        )
+    ids = np.zeros(len(values), dtype=np.int64)
+    if floats.any():
+        where = np.flatnonzero(floats)
+        ids[floats], _ = _exact_ints(
+            values[floats].astype(np.float64), what, lambda k: at(int(where[k]))
+        )
+    ints = number & ~floats
+    if ints.any():
+        sub = values[ints]
+        for v in (max(sub), min(sub)):
+            if not -INT64_MAX - 1 <= v <= INT64_MAX:
+                k = int(np.flatnonzero(ints)[next(k for k, u in enumerate(sub) if u == v)])
+                raise SchemaError(
+                    f"{what} holds the id {int(v)} at {at(k)}, beyond int64 "
+                    "(-2^63 .. 2^63 - 1); cast the ids to str"
+                )
+        ids[ints] = sub.astype(np.int64)
+    return ids, missing
+
+
+def _exact_ints(
+    values: np.ndarray, what: str, at: Callable[[int], str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(int64 ids, missing mask)`` of a bool, int, uint or float array of ids (NaN missing).
+
+    Raises naming the value and ``at(i)`` where an id cannot stay exact: uints above 2^63 - 1,
+    floats that are not whole, floats beyond 2^53 (where float64 merges neighbouring ints:
+    2^60 + 1 reads as 2^60, so the ids may already have been merged).
+    """
+    none = np.zeros(len(values), dtype=bool)
+    kind = values.dtype.kind
+    if kind in "bi":
+        return values.astype(np.int64, copy=False), none
+    if kind == "u":
+        big = values > INT64_MAX
+        if big.any():
+            i = int(np.argmax(big))
+            raise SchemaError(
+                f"{what} holds ids above 2^63 - 1 (e.g. {int(values[i])} at {at(i)}), which do "
+                "not fit int64; cast the ids to str"
+            )
+        return values.astype(np.int64), none
+    if kind != "f":
+        raise SchemaError(f"{what} holds {values.dtype} values; ids must be int or str")
+    missing = np.isnan(values)
+    x = np.where(missing, 0.0, values)
+    bad = np.mod(x, 1) != 0
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise SchemaError(
+            f"{what} holds non-integer float ids (e.g. {values[i]} at {at(i)}); cast it to str"
+        )
+    big = np.abs(x) > MAX_EXACT_FLOAT
+    if big.any():
+        i = int(np.argmax(big))
+        raise SchemaError(
+            f"{what} holds the float id {values[i]:.0f} at {at(i)}, beyond 2^53 where float64 "
+            "cannot hold every integer (2^60 + 1 reads as 2^60, so ids may already be merged); "
+            "keep the ids int64, with None for a missing element, or str"
+        )
+    return x.astype(np.int64), missing
 
 
 _NOT_IDS = (list, tuple, dict, set, frozenset, np.ndarray, pd.Series, bytes, bytearray)
@@ -96,7 +194,11 @@ def _short(v: Any) -> str:
 def _canonical(values: pd.Series, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(values, missing_mask)`` with values as int64 or str objects."""
     missing = values.isna().to_numpy()
-    if kind == "int":  # nullable Int64 / boolean too: NA -> 0, masked as missing
+    if kind == "int" and isinstance(values.dtype, pd.CategoricalDtype):
+        categories, _ = _canonical(pd.Series(values.dtype.categories), "int")
+        codes = values.cat.codes.to_numpy().astype(np.int64)
+        return np.append(categories, 0)[np.where(codes >= 0, codes, len(categories))], missing
+    if kind == "int":  # nullable Int64 / boolean and object ints too: NA -> 0, masked
         return values.to_numpy(dtype=np.int64, na_value=0), missing
     return values.astype(str).to_numpy(dtype=object), missing
 
@@ -251,68 +353,3 @@ def pad_sequences(lengths: np.ndarray, flat_ids: np.ndarray, max_len: int) -> np
     keep = pos >= skip
     ids[row[keep], (pos - skip)[keep]] = flat_ids[keep]
     return ids
-
-
-def _flatten_lists(col: pd.Series, name: str) -> tuple[np.ndarray, pd.Series]:
-    """Per-row lengths ``[N]`` and the concatenated values of a list column.
-
-    A cell is a flat list / tuple / 1-d array of scalar ids, or a missing value (NaN / None)
-    for an empty list. Anything else raises :class:`SchemaError` naming the column and row.
-    """
-    what = f"sequence column {name!r}"
-    lengths = np.zeros(len(col), dtype=np.int64)
-    parts, first_row = [], {}
-    for i, cell in enumerate(col.to_numpy(dtype=object)):
-        if pd.api.types.is_scalar(cell) and pd.isna(cell):
-            continue
-        arr = _cell_array(cell, what, i)
-        lengths[i] = arr.size
-        if arr.size:
-            family = {"U": "str", "O": "object"}.get(arr.dtype.kind, "number")
-            first_row.setdefault(family, i)
-            parts.append(arr)
-    if not parts:
-        return lengths, pd.Series(np.zeros(0, dtype=np.int64))
-    if "number" in first_row and "str" in first_row:
-        raise SchemaError(
-            f"{what} mixes numeric ids (row {first_row['number']}) and str ids (row "
-            f"{first_row['str']}); as str they would merge 1 and '1': use one type"
-        )
-    if "object" in first_row:
-        flat = pd.Series(np.concatenate([p.astype(object) for p in parts]), dtype=object)
-        return lengths, flat.infer_objects()
-    return lengths, pd.Series(np.concatenate(parts))
-
-
-def _cell_array(cell: Any, what: str, row: int) -> np.ndarray:
-    """One sequence cell as a 1-d array of scalars, or a :class:`SchemaError`."""
-    if isinstance(cell, np.ndarray):
-        arr = cell
-    elif isinstance(cell, (list, tuple)):
-        try:
-            arr = np.asarray(cell)
-        except (ValueError, TypeError):
-            arr = np.asarray(cell, dtype=object)  # ragged nested lists: named below
-        if arr.dtype.kind == "U" and not all(isinstance(v, str) for v in cell):
-            raise SchemaError(
-                f"{what} mixes numeric and str ids at row {row} ({_short(cell)}); use one type"
-            )
-    else:
-        raise SchemaError(
-            f"{what} must hold lists / arrays of ids (or NaN / None for an empty list); row "
-            f"{row} holds {type(cell).__name__} {_short(cell)}"
-        )
-    if arr.ndim != 1:
-        raise SchemaError(
-            f"{what} holds a nested list ({_short(cell)}) at row {row}; a cell must be a flat "
-            "list of ids"
-        )
-    if arr.dtype.kind == "O":
-        _check_scalars(arr, what, row)
-    elif arr.dtype.kind == "S":
-        raise SchemaError(
-            f"{what} holds bytes ids ({_short(cell)} at row {row}); decode them to str first"
-        )
-    elif arr.dtype.kind not in "biufU":
-        raise SchemaError(f"{what} holds {arr.dtype} values at row {row}; ids must be int or str")
-    return arr
