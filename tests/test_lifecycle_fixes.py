@@ -82,3 +82,21 @@ def test_a_checkpoint_of_a_calibrated_model_resumes_into_a_fresh_one(fitted, tmp
     with pytest.raises(ValueError, match="another architecture"):
         rm.Trainer(max_epochs=1, progress_bar=False).fit(other, train, resume_from=ckpt.last_path)
     assert not other.rate_prior.active
+
+
+def test_a_val_monitor_without_a_validation_frame_is_refused_before_training(fitted, tmp_path):
+    model, train, *_ = fitted
+    model = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    callbacks = [rm.EarlyStopping(), rm.ModelCheckpoint(tmp_path / "ck", monitor="val/loss")]
+    for cb in callbacks:
+        with pytest.raises(ValueError, match=r"monitors 'val/.*no validation frame"):
+            rm.Trainer(max_epochs=1, batch_size=512, progress_bar=False, callbacks=[cb]).fit(
+                model, train
+            )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    trainer = rm.Trainer(
+        max_epochs=1, batch_size=512, progress_bar=False, callbacks=[rm.EarlyStopping("train/loss")]
+    )
+    trainer.fit(model, train)  # a training metric needs no validation frame
+    assert len(trainer.history) == 1

@@ -68,7 +68,7 @@ def test_early_stopping_mode_auto_and_missing_key():
     es = EarlyStopping("val/gauc_typo")
     with pytest.raises(KeyError, match=r"val/gauc_typo.*available keys: .*val/auc"):
         trainer(callbacks=[es]).fit(Scripted([0.5]), frame, frame)
-    with pytest.raises(KeyError, match="no validation frame"):
+    with pytest.raises(ValueError, match="no validation frame"):  # before the first epoch
         trainer(callbacks=[EarlyStopping("val/loss")]).fit(LogReg(), frame)
 
 

@@ -85,6 +85,16 @@ def _monitored(trainer: Trainer, monitor: str, who: str) -> float:
     return float(metrics[monitor])
 
 
+def _check_validation(trainer: Trainer, monitor: str | None, who: str) -> None:
+    """Refuse, before the first epoch, a ``val/`` monitor in a fit without a validation
+    frame (the metric would be missing only after a whole epoch had trained)."""
+    if monitor and monitor.startswith("val/") and not getattr(trainer, "has_validation", True):
+        raise ValueError(
+            f"{who} monitors {monitor!r}, but fit was given no validation frame: pass "
+            f"fit(model, train, val), or monitor a training metric such as 'train/loss'"
+        )
+
+
 class Callback:
     """Base class: override the hooks you need; all default to doing nothing.
 
@@ -194,6 +204,7 @@ class EarlyStopping(Callback):
         self._reset()
         self.monitor = resolve_monitor(self._monitor_arg, model)
         self.mode = resolve_mode(self.monitor, self._mode_arg)
+        _check_validation(trainer, self.monitor, "EarlyStopping")
 
     def on_train_epoch_end(self, trainer: Trainer, model: nn.Module) -> None:
         current = _monitored(trainer, self.monitor, "EarlyStopping")
@@ -287,6 +298,8 @@ class ModelCheckpoint(Callback):
         return os.path.join(self.dirpath, "best.ckpt")
 
     def on_fit_start(self, trainer: Trainer, model: nn.Module) -> None:
+        if self.save_best:
+            _check_validation(trainer, self.monitor, "ModelCheckpoint")
         self.best_score = None
         self.best_epoch = None
 

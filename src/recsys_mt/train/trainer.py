@@ -355,6 +355,7 @@ class Trainer(EpochLoopMixin, CheckpointMixin, ValidationMixin):
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "16-mixed" else None
 
+        self.has_validation = val is not None  # callbacks monitoring val/ metrics check it
         self._call("on_fit_start")
         start_epoch = 0
         self._resume_progress = None
