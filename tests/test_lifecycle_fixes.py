@@ -100,3 +100,18 @@ def test_a_val_monitor_without_a_validation_frame_is_refused_before_training(fit
     )
     trainer.fit(model, train)  # a training metric needs no validation frame
     assert len(trainer.history) == 1
+
+
+def test_calibrate_on_a_frame_it_cannot_fit_keeps_the_current_map(fitted):
+    model, train, val, test = fitted
+    model = copy.deepcopy(model)
+    want = model.predict(test)
+    no_clicks = val.subset(torch.nonzero(val.column("ctr") == 0).squeeze(1))
+    with pytest.raises(rm.NothingToCalibrate, match="'ctr' \\(one class only"):
+        model.calibrate(no_clicks, method="platt", prior_from=train)
+    pd.testing.assert_frame_equal(model.predict(test), want, check_exact=True)
+    assert model.calibration_method == "platt" and model.rate_prior.active
+    # at the end of a fit the old map is stale: reset to the identity, with a warning
+    with pytest.warns(UserWarning, match="reset to the identity"):
+        rm.Trainer(max_epochs=1, batch_size=512, progress_bar=False).fit(model, train, no_clicks)
+    assert not model.calibrated and model.calibration_method is None

@@ -44,7 +44,7 @@ from .losses import (  # noqa: E402
     StaticWeights,
     UncertaintyWeighting,
 )
-from .model import CheckpointError, MultiTaskModel  # noqa: E402
+from .model import CheckpointError, MultiTaskModel, NothingToCalibrate  # noqa: E402
 from .registry import register  # noqa: E402
 from .rerank import (  # noqa: E402
     DPP,
@@ -113,6 +113,7 @@ __all__ = [
     "MGDA",
     "MMoE",
     "MultiTaskModel",
+    "NothingToCalibrate",
     "OOVWarning",
     "PCGrad",
     "ParquetSource",

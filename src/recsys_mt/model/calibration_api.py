@@ -16,7 +16,12 @@ from .calibration import METHODS as CALIBRATION_METHODS
 from .calibration import apply_calibration, fit_calibration
 from .rate_prior import choose_rate_prior
 
-__all__ = ["CalibrationMixin"]
+__all__ = ["CalibrationMixin", "NothingToCalibrate"]
+
+
+class NothingToCalibrate(ValueError):
+    """:meth:`~CalibrationMixin.calibrate` found no binary task it could fit on the frame
+    (each has one class or too few rows there); the model's calibration is unchanged."""
 
 
 class CalibrationMixin:
@@ -95,6 +100,8 @@ class CalibrationMixin:
         as joints; :meth:`forward`, training and :meth:`validation_metrics` never do. The map is
         a buffer saved by :meth:`save_pretrained`. Regression tasks keep the identity, and so do
         binary tasks with fewer than ``min_rows`` observed rows or one class (with a warning).
+        When that leaves no binary task to fit, :class:`NothingToCalibrate` (a ``ValueError``)
+        is raised and the current calibration is kept.
 
         Args:
             val: held-out data with labels (a TensorFrame or a DataFrame with label columns).
@@ -135,6 +142,12 @@ class CalibrationMixin:
                     params[t] = torch.tensor([c.a, c.b], dtype=params.dtype)
         if skipped:
             names = ", ".join(f"{self.tasks[t].name!r} ({why})" for t, why in skipped.items())
+            binary = [t for t, b in enumerate(self.binary) if b]
+            if method != "none" and binary and all(t in skipped for t in binary):
+                raise NothingToCalibrate(
+                    f"calibrate: no task can be fitted on this frame: {names}; the current "
+                    "calibration is kept"
+                )
             warnings.warn(f"calibration left these tasks uncalibrated: {names}", stacklevel=2)
         # published whole (see calibration_state), as normal tensors even when called under
         # inference mode: load_state_dict must be able to copy into them later

@@ -3,6 +3,7 @@ frames, ``predict`` / ``evaluate``, validation metrics for the trainer, post-hoc
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch import Tensor
 from ..data.frame import TensorFrame
 from ..data.loader import is_source
 from ..encoders.text import CATALOGUE_FLAG
+from .calibration_api import NothingToCalibrate
 from .evaluation import evaluate_funnel
 from .input_checks import check_inputs
 
@@ -282,4 +284,8 @@ class InferenceMixin:
         ``calibration_prior="auto"``."""
         source, self._prior_source = self._prior_source, None
         if self.auto_calibrate is not None and val is not None and "labels" in val:
-            self.calibrate(val, method=self.auto_calibrate, prior_from=source)
+            try:
+                self.calibrate(val, method=self.auto_calibrate, prior_from=source)
+            except NothingToCalibrate as e:  # a map fitted before this training is stale
+                warnings.warn(f"{e}: reset to the identity instead", stacklevel=2)
+                self.calibrate(val, method="none")
