@@ -115,3 +115,17 @@ def test_calibrate_on_a_frame_it_cannot_fit_keeps_the_current_map(fitted):
     with pytest.warns(UserWarning, match="reset to the identity"):
         rm.Trainer(max_epochs=1, batch_size=512, progress_bar=False).fit(model, train, no_clicks)
     assert not model.calibrated and model.calibration_method is None
+
+
+def test_a_model_in_another_dtype_scores_and_keeps_its_dtype_through_save_load(fitted, tmp_path):
+    model, train, val, test = fitted
+    want = model.predict(test)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    got = half.predict(test)  # float inputs follow the model's dtype
+    assert (got - want).abs().to_numpy().max() < 0.05
+    double = copy.deepcopy(model).to(torch.float64)
+    p64 = double.predict(test)
+    double.save_pretrained(tmp_path / "m64")
+    loaded = rm.MultiTaskModel.from_pretrained(tmp_path / "m64")
+    assert next(loaded.parameters()).dtype == torch.float64
+    pd.testing.assert_frame_equal(loaded.predict(test), p64, check_exact=True)

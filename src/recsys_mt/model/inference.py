@@ -127,11 +127,19 @@ class InferenceMixin:
         if self.training:
             self.eval()
         device = self.device
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
         state = self.calibration_state() if calibrated else None  # one map for every batch
         out, labels, groups = [], [], []
         for b in batches:
             check_inputs(self, b, "predict")  # a frame of another (grown) schema: named
-            moved = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+            moved = {  # float inputs in the model's dtype (a model.to(torch.bfloat16) scores)
+                k: v.to(
+                    device=device,
+                    dtype=dtype if v.is_floating_point() else v.dtype,
+                    non_blocking=True,
+                )
+                for k, v in b.items()
+            }
             z = self(moved).float()
             out.append((self.calibrate_logits(z, moved, state) if calibrated else z).cpu())
             if frame is None and need_labels:

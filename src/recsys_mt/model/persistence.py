@@ -164,6 +164,9 @@ def load_pretrained(
             f"weights in {directory / WEIGHTS_NAME} do not match the architecture: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}"
         )
+    floats = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(floats) == 1 and floats != {torch.float32}:  # saved after model.to(float64 / bf16)
+        model.to(floats.pop())  # keep it: loading into float32 would round it silently
     model.load_state_dict(state, strict=False)
     method = config.get("calibration")
     if method not in (None, *CALIBRATION_METHODS):
