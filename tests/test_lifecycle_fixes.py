@@ -8,18 +8,14 @@ import copy
 import pandas as pd
 import pytest
 import torch
-from test_rate_prior import frames
+from _calibrated_helpers import fit_calibrated
 
 import recsys_mt as rm
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    schema, train, val, test = frames()
-    torch.manual_seed(0)
-    model = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(16,), tower_dims=(8,)))
-    rm.Trainer(max_epochs=1, batch_size=512, progress_bar=False).fit(model, train, val)
-    return model, train, val, test
+    return fit_calibrated()
 
 
 def test_after_fit_no_buffer_is_an_inference_tensor(fitted):
@@ -31,7 +27,7 @@ def test_after_fit_no_buffer_is_an_inference_tensor(fitted):
 
 
 def test_a_fitted_model_fits_again_with_early_stopping_and_is_recalibrated(fitted):
-    model, train, val, test = fitted
+    model, _, train, val, test = fitted
     model = copy.deepcopy(model)
     before = model.calibration.clone()
     trainer = rm.Trainer(
@@ -61,7 +57,7 @@ def test_a_damaged_weights_file_is_a_checkpoint_error(fitted, tmp_path, damage):
 
 
 def test_a_checkpoint_of_a_calibrated_model_resumes_into_a_fresh_one(fitted, tmp_path):
-    model, train, val, test = fitted
+    model, _, train, val, test = fitted
     model = copy.deepcopy(model)
     assert model.rate_prior.active
     ckpt = rm.ModelCheckpoint(tmp_path / "ck")
@@ -85,7 +81,7 @@ def test_a_checkpoint_of_a_calibrated_model_resumes_into_a_fresh_one(fitted, tmp
 
 
 def test_a_val_monitor_without_a_validation_frame_is_refused_before_training(fitted, tmp_path):
-    model, train, *_ = fitted
+    model, _, train, *_ = fitted
     model = copy.deepcopy(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     callbacks = [rm.EarlyStopping(), rm.ModelCheckpoint(tmp_path / "ck", monitor="val/loss")]
@@ -103,7 +99,7 @@ def test_a_val_monitor_without_a_validation_frame_is_refused_before_training(fit
 
 
 def test_calibrate_on_a_frame_it_cannot_fit_keeps_the_current_map(fitted):
-    model, train, val, test = fitted
+    model, _, train, val, test = fitted
     model = copy.deepcopy(model)
     want = model.predict(test)
     no_clicks = val.subset(torch.nonzero(val.column("ctr") == 0).squeeze(1))
@@ -118,7 +114,7 @@ def test_calibrate_on_a_frame_it_cannot_fit_keeps_the_current_map(fitted):
 
 
 def test_a_model_in_another_dtype_scores_and_keeps_its_dtype_through_save_load(fitted, tmp_path):
-    model, train, val, test = fitted
+    model, _, train, val, test = fitted
     want = model.predict(test)
     half = copy.deepcopy(model).to(torch.bfloat16)
     got = half.predict(test)  # float inputs follow the model's dtype

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _calibrated_helpers import fit_calibrated
 
 import recsys_mt as rm
 from recsys_mt.data.features import OOV_ID
@@ -99,37 +100,9 @@ def test_a_small_validation_frame_does_not_pick_a_noise_feature_by_chance():
 
 
 # ----------------------------------------------------------------------------- model path
-def frames():
-    """Users, items with their own purchase rates, a weak category; a temporal-like split."""
-    g = np.random.default_rng(3)
-    n = 9000
-    items = g.integers(0, 40, n)
-    item_cvr = np.linspace(0.05, 0.9, 40)
-    df = pd.DataFrame(
-        {
-            "user_id": g.integers(0, 300, n),
-            "item_id": items,
-            "category": items % 4,
-            "click": (g.random(n) < 0.5).astype(int),
-        }
-    )
-    df["buy"] = ((g.random(n) < item_cvr[items]) & (df["click"] == 1)).astype(int)
-    schema = rm.Schema(
-        [rm.Sparse("user_id", dim=8), rm.Sparse("item_id", dim=8), rm.Sparse("category", dim=4)],
-        tasks=[rm.Task("ctr", "click"), rm.Task("cvr", "buy", given="ctr")],
-        min_groups=None,
-    )
-    train = schema.fit_transform(df.iloc[:6000])
-    return schema, train, schema.transform(df.iloc[6000:7500]), schema.transform(df.iloc[7500:])
-
-
 @pytest.fixture(scope="module")
 def fitted():
-    schema, train, val, test = frames()
-    torch.manual_seed(0)
-    model = rm.MultiTaskModel(schema, head=rm.SharedBottom(bottom_dims=(16,), tower_dims=(8,)))
-    rm.Trainer(max_epochs=1, batch_size=512, progress_bar=False).fit(model, train, val)
-    return model, schema, train, val, test
+    return fit_calibrated()
 
 
 def test_after_fit_the_item_rate_is_stacked_and_lowers_test_log_loss(fitted):
