@@ -149,3 +149,11 @@ def test_novelty_rejects_popularity_shares_above_one():
     assert novelty([[2.0]], total=4) == 1.0  # counts with their total
     assert novelty([[0.5, 0.25]]) == 1.5
     assert novelty([[1.0, 9.0]], mask=[[True, False]]) == 0.0  # padded slots are not read
+
+
+def test_category_entropy_leaves_uncategorised_items_out():
+    from recsys_mt.metrics import category_entropy
+
+    assert category_entropy([[1, 1, -1, -1]]) == pytest.approx(0.0)  # one category present
+    assert category_entropy([[1, 2, -1, -1]]) == pytest.approx(np.log(2))
+    assert category_entropy([[-1, -1]], ignore_empty=False) == pytest.approx(0.0)

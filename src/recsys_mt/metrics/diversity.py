@@ -236,10 +236,12 @@ def category_entropy(
 ) -> Result:
     """Shannon entropy (natural log) of the category distribution inside each list.
 
-    ``H = -sum_c p_c log p_c`` with ``p_c`` = share of the list's valid items in category c.
+    ``H = -sum_c p_c log p_c`` with ``p_c`` = share of the list's valid categorised items in
+    category c (negative ids mean "uncategorised" and are left out, as in
+    :func:`category_coverage`).
 
     Args:
-        categories: ``[B, k]`` category id of each list item.
+        categories: ``[B, k]`` category id of each list item (negative = uncategorised).
         mask: optional ``[B, k]`` bool, False = padded slot.
         reduction: see module doc (empty lists score 0).
         ignore_empty: see ``reduction``.
@@ -250,7 +252,7 @@ def category_entropy(
     """
     device = _device_of(categories, mask)
     c = _categories(categories, device)
-    valid = _slot_mask(mask, tuple(c.shape), device)
+    valid = _slot_mask(mask, tuple(c.shape), device) & (c >= 0)  # uncategorised: left out
     dtype = torch.float32 if device.type == "mps" else torch.float64
     count = _same_category(c, valid).sum(2).to(dtype)  # [B, k]: size of item's category
     n = valid.sum(1, keepdim=True).to(dtype)
