@@ -12,7 +12,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-__all__ = ["as_id_array", "first_occurrences", "float_tensor", "task_depth", "user_chunks"]
+__all__ = [
+    "as_id_array",
+    "category_codes",
+    "first_occurrences",
+    "float_tensor",
+    "task_depth",
+    "user_chunks",
+]
 
 
 def as_id_array(items: list) -> Any:
@@ -23,6 +30,31 @@ def as_id_array(items: list) -> Any:
     except (OverflowError, ValueError, TypeError):
         return items
     return values if values.dtype.kind in "iu" and values.ndim == 1 else items
+
+
+def category_codes(column: pd.Series) -> tuple[Tensor, pd.Index, np.ndarray]:
+    """``(codes [M] int64, index, values [M])`` of a catalog's category column.
+
+    ``codes`` are what category-aware re-rankers read and what the columns of a
+    ``user_category_pref [B, C]`` follow: ``index[c]`` is the category of column ``c``.
+    Non-negative integer categories (also as floats with missing values) are their own codes,
+    so column ``7`` is category ``7``; other values (strings) are numbered in sorted order.
+    A missing category is code ``-1`` (uncategorised). ``values`` are the categories for the
+    output column: whole floats become ints, missing ones ``None``.
+    """
+    missing = column.isna().to_numpy()
+    present = column[~missing]
+    numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+    if numeric and len(present) and bool((present >= 0).all() and (present % 1 == 0).all()):
+        ints = np.where(missing, -1, column.fillna(-1).to_numpy(np.float64)).astype(np.int64)
+        values = np.array([None if m else int(v) for m, v in zip(missing, ints)], dtype=object)
+        if not missing.any():
+            values = ints
+        return torch.from_numpy(ints), pd.RangeIndex(int(ints.max()) + 1), values
+    codes, uniques = pd.factorize(column, sort=True)  # missing -> -1
+    values = column.to_numpy(dtype=object)
+    values[missing] = None
+    return torch.from_numpy(codes.astype(np.int64)), pd.Index(uniques), values
 
 
 def float_tensor(column: pd.Series) -> Tensor | None:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.frame import TensorFrame
+from ..model.input_checks import check_inputs
 
 __all__ = ["EXPORT_FORMAT", "export_onnx", "exported_text_rows"]
 
@@ -100,6 +101,8 @@ def export_onnx(
     prepare = getattr(model, "prepare", None)
     if any(enc is not orig for enc, orig in zip(encoders, model.encoders)) and prepare:
         example = prepare(example)
+    if getattr(model, "schema", None) is not None and hasattr(model, "encoders"):
+        check_inputs(model, example, "export_onnx")  # before any folder is made
     keys = [k for k in example.keys() if k not in _SKIP and not k.startswith(_SKIP_PREFIXES)]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -42,3 +42,9 @@ class OOVTally:
             n = self._pairs
             share = {k: (v / n if n else 0.0) for k, v in self._oov.items()}
         return {"pairs": n, "share": share}
+
+    def reset(self) -> None:
+        """Start counting afresh (a swapped-in model's probe request is not traffic)."""
+        with self._lock:
+            self._pairs = 0
+            self._oov = dict.fromkeys(self._features, 0)

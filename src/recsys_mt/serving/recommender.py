@@ -12,7 +12,14 @@ from torch import Tensor
 
 from ..data.frame_layout import encode_rows
 from ..rerank import PAD, Reranker, gather_selected, relevance_order
-from .candidates import as_id_array, first_occurrences, float_tensor, task_depth, user_chunks
+from .candidates import (
+    as_id_array,
+    category_codes,
+    first_occurrences,
+    float_tensor,
+    task_depth,
+    user_chunks,
+)
 from .oov_tally import OOVTally
 from .pair_encoding import PairEncoder
 
@@ -79,15 +86,13 @@ class Recommender:
         self.batch_size = batch_size
         self._pos = pd.Index(self.catalog[item_key])
         self._numeric_ids = pd.api.types.is_integer_dtype(self._pos.dtype)
-        self._categories = (
-            torch.from_numpy(pd.factorize(self.catalog[category])[0].astype(np.int64))
-            if category is not None
-            else None
-        )
+        self._categories = self.category_index = self._category_values = None
+        if category is not None:  # the columns of user_category_pref follow category_index
+            coded = category_codes(self.catalog[category])
+            self._categories, self.category_index, self._category_values = coded
         self._vectors = self._item_vectors(item_vectors)
         # per-call lookups read these arrays, taken from the catalog once
         self._item_ids = self.catalog[item_key].to_numpy()
-        self._category_values = None if category is None else self.catalog[category].to_numpy()
         self._numeric = {
             col: float_tensor(self.catalog[col])
             for col in self.catalog.columns
@@ -131,6 +136,10 @@ class Recommender:
         if candidates is None:
             pos = torch.arange(len(self.catalog)).expand(n_users, -1)
             return pos, torch.ones_like(pos, dtype=torch.bool)
+        if isinstance(candidates, np.ndarray) and candidates.ndim == 2:
+            candidates = list(candidates)  # one row per user
+        if isinstance(candidates, (pd.Series, np.ndarray, Sequence)) and len(candidates) == 0:
+            raise ValueError("the candidate list is empty: pass item ids, or None for all")
         if isinstance(candidates, (pd.Series, np.ndarray)) or (
             isinstance(candidates, Sequence)
             and candidates
@@ -251,6 +260,8 @@ class Recommender:
         the :meth:`recommend` frame), for callers that read the columns without a frame."""
         if not isinstance(users, pd.DataFrame) or len(users) == 0:
             raise ValueError("users must be a non-empty DataFrame, one row per user")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__} {k!r}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         users = users.reset_index(drop=True)
@@ -262,6 +273,11 @@ class Recommender:
                     values = torch.as_tensor(self.catalog[col].to_numpy(np.float32))
                 objectives[col] = values[positions]
         scores = self._fuse(objectives, fusion)
+        if tuple(scores.shape) != tuple(positions.shape):  # a broadcast would rank wrongly
+            raise ValueError(
+                f"the fusion returned shape {list(scores.shape)}; one score per candidate, "
+                f"{list(positions.shape)} ([users, candidates]), is needed"
+            )
         self._check_scores(scores, mask, positions, objectives)
         scores = torch.where(mask, scores, torch.tensor(float("-inf")))
         extra: dict[str, Tensor] = {}

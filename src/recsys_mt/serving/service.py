@@ -111,6 +111,16 @@ def create_app(
         _positive_int(name, value)
     if torch_threads is not None:
         _positive_int("torch_threads", torch_threads)
+    ok = isinstance(timeout_s, (int, float)) and not isinstance(timeout_s, bool)
+    if not ok or not 0 < timeout_s < float("inf"):
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    if reranker is not None and not callable(reranker):
+        raise TypeError(
+            f"reranker must be a Reranker (rm.MMR(...), rm.DPP(...), ...) or None, got "
+            f"{type(reranker).__name__} {reranker!r}"
+        )
+    if fusion is not None and not (isinstance(fusion, str) or callable(fusion)):
+        raise TypeError(f"fusion must be a column name, a fusion or None, got {fusion!r}")
     if not isinstance(catalog, pd.DataFrame) or len(catalog) == 0:
         raise ValueError("catalog must be a non-empty DataFrame (one row per item)")
     if item_key not in catalog.columns:
@@ -121,6 +131,11 @@ def create_app(
     slot = ModelSlot(
         model, catalog, item_key=item_key, category=category, fusion=fusion, reranker=reranker
     )
+    if isinstance(fusion, str):  # a name must be a scored or numeric catalog column
+        rec = slot.current.recommender
+        names = set(rec.model.predict_columns()) | set(rec._numeric)
+        if fusion not in names:
+            raise KeyError(f"fusion column {fusion!r} is not among {sorted(names)}")
     batcher = Batcher(
         functools.partial(slot.recommend, as_columns=True),  # answers read as columns
         max_batch_users=max_batch_users,
@@ -193,7 +208,7 @@ def create_app(
             out = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
         except asyncio.TimeoutError:
             return JSONResponse({"error": f"no answer within {timeout_s} s"}, status_code=503)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, OverflowError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             return JSONResponse({"error": f"the request cannot be scored: {msg}"}, 400)
         return JSONResponse(_answer(out, rows, served))

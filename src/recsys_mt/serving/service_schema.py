@@ -147,6 +147,11 @@ def request_models(
     return features, RecommendRequest
 
 
+def _is_int64(value: Any) -> bool:
+    """An int that fits int64 (larger ids stay Python ints: the schema then names them)."""
+    return isinstance(value, int) and -(2**63) <= value < 2**63
+
+
 def users_frame(fields: tuple[UserField, ...], rows: list[dict[str, Any]]) -> pd.DataFrame:
     """``[B]`` user rows as a DataFrame with the dtypes ``Schema.transform`` expects (numbers
     as float64 with NaN for ``null``, ids as int64 / str, lists kept as cells)."""
@@ -155,7 +160,7 @@ def users_frame(fields: tuple[UserField, ...], rows: list[dict[str, Any]]) -> pd
         values = [row.get(f.name) for row in rows]
         if f.kind == "number":
             data[f.name] = np.array([np.nan if v is None else v for v in values], np.float64)
-        elif f.kind == "id" and all(isinstance(v, int) for v in values):
+        elif f.kind == "id" and all(_is_int64(v) for v in values):
             data[f.name] = np.array(values, dtype=np.int64)
         elif f.kind == "ids":  # arrays: Schema.transform takes them without a list scan
             data[f.name] = pd.Series(

@@ -152,6 +152,7 @@ class ModelSlot:
                 )
             time.sleep(0)  # let waiting request threads run between the swap's phases
             self._check_probe(new)
+            new.recommender.oov.reset()  # the counts start at 0 with each served model
             self._current = new
             return new
 
