@@ -175,7 +175,8 @@ class BertTextTower(TextBackbone):
         Adds the frame's new texts to the table (tokenised once; frozen: encoded once into the
         cache), learns ``item → text`` from rows that carry both, and fills rows with missing
         text from their item's known text. The texts of a labelled frame (or one with
-        ``frame.meta["text_catalogue"] = True``) become catalogue texts. Safe to call from
+        ``frame.meta["text_catalogue"] = True``) become catalogue texts; a serving frame never
+        replaces an item's catalogue text (``TextTable.learn_items``). Safe to call from
         several threads at once. Returns a new :class:`TensorFrame` sharing the input's tensors;
         the input frame is not modified.
         """
@@ -191,7 +192,7 @@ class BertTextTower(TextBackbone):
         rows = self._table_rows(frame, self.feature)
         if self.key is not None:
             item = frame.column(self.key).cpu().numpy()
-            self.table.learn_items(item, rows.numpy())
+            self.table.learn_items(item, rows.numpy(), is_catalogue_frame(frame))
             rows = self.table.fill_from_items(item, rows)
         out = TensorFrame(dict(frame.tensors), frame.meta)
         out[f"text_row/{self.feature}"] = rows.to(frame.device)

@@ -4,8 +4,9 @@ One row per distinct text (row 0 is the missing text ``""``), grown as frames br
 and shared by every thread that uses the model. For each row the table keeps what the forward
 pass reads — the frozen vector (``cache``) or the token ids — and whether the text belongs to
 the *catalogue* (saved with the model) or was only seen while serving. It also holds the
-``item id → row`` map of an item-level text, and writes / reads all of it for ``save_extra`` /
-``load_extra``.
+``item id → row`` map of an item-level text — with, per item, whether its text came from a
+serving frame, which never replaces a catalogue frame's text — and writes / reads all of it for
+``save_extra`` / ``load_extra``.
 """
 
 from __future__ import annotations
@@ -57,13 +58,16 @@ class TextTable(nn.Module):
 
     Buffers (not in the state dict; they follow the model's device and dtype): ``cache``
     (float32 ``[rows, hidden]``, frozen mode) or ``token_ids`` (int32 ``[rows, max_length]``) and
-    ``token_lengths`` (int64 ``[rows]``); ``item_rows`` (int64 ``[vocab]``, 0 = no text).
+    ``token_lengths`` (int64 ``[rows]``); ``item_rows`` (int64 ``[vocab]``, 0 = no text). Beside
+    them, ``item_serving`` (bool ``[vocab]``, numpy) marks the items whose text came from a
+    serving frame (see :meth:`learn_items`).
 
     Thread safety: ``lock`` (re-entrant) is held while rows are assigned and their tensors
     computed and appended, so concurrent callers never share a row or see a row without its
     tensors. Buffers are replaced, never written in place, and swapped in together under a
     second, short lock, so :meth:`snapshot` hands a forward pass a consistent set of tensors
-    that later growth does not touch, without waiting for an encoding in progress.
+    that later growth does not touch, without waiting for an encoding in progress. The item map
+    and ``item_serving`` are replaced together under that short lock, never in place.
     """
 
     def __init__(self) -> None:
@@ -78,6 +82,7 @@ class TextTable(nn.Module):
         self._texts: list[str] = [""]
         self._row_of: dict[str, int] = {"": MISSING_ROW}
         self._catalogue: list[bool] = [True]
+        self._item_serving = np.zeros(0, dtype=bool)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -117,6 +122,20 @@ class TextTable(nn.Module):
         """The texts saved by default, in row order (row 0, ``""``, included)."""
         with self.lock:
             return [t for t, keep in zip(self._texts, self._catalogue) if keep]
+
+    @property
+    def item_serving(self) -> np.ndarray:
+        """``[vocab]`` bool (a copy): whether each item's text came from a serving frame."""
+        with self._swap:
+            return self._serving_flags(self._buffers["item_rows"].shape[0]).copy()
+
+    def _serving_flags(self, n: int) -> np.ndarray:
+        """``item_serving`` for ``n`` ids (ids it does not cover yet: False). Read-only; the
+        caller holds ``_swap``."""
+        flags = self._item_serving
+        if flags.shape[0] < n:
+            flags = np.concatenate([flags, np.zeros(n - flags.shape[0], dtype=bool)])
+        return flags[:n]
 
     def _buffer_names(self) -> list[str]:
         return [n for n in ("cache", "token_ids", "token_lengths") if n in self._buffers]
@@ -204,24 +223,38 @@ class TextTable(nn.Module):
             self._publish(new)
             self.fingerprint = fingerprint
 
-    def learn_items(self, item: np.ndarray, rows: np.ndarray) -> int:
+    def learn_items(self, item: np.ndarray, rows: np.ndarray, catalogue: bool = True) -> int:
         """``item_rows[item] = rows`` (schema ids int64 ``[n]``, table rows int64 ``[n]``) for
-        known items (id ≥ 2) with text; the last occurrence wins. Returns the number of items
-        set. Copy-on-write under the short swap lock: a forward pass holding the old map keeps
-        it, and no encoding in progress delays it."""
+        known items (id ≥ 2) with text; the last occurrence wins.
+
+        ``catalogue=False`` (a serving frame) only sets items without a text yet or whose text
+        came from a serving frame too: it never replaces a catalogue text. The items it sets are
+        marked as serving items; ``catalogue=True`` sets every given item and clears the mark.
+        Returns the number of items set. Copy-on-write under the short swap lock: a forward pass
+        holding the old map keeps it, and no encoding in progress delays it."""
         sel = (item >= 2) & (rows > MISSING_ROW)
         item, rows = item[sel], rows[sel]
         if not len(item):
             return 0
         uniq, first_rev = np.unique(item[::-1], return_index=True)
-        value = torch.from_numpy(rows[len(item) - 1 - first_rev])
+        value = rows[len(item) - 1 - first_rev]
         with self._swap:
             old = self._buffers["item_rows"]
-            index = torch.from_numpy(uniq).to(old.device)
-            if not torch.equal(old[index].cpu(), value):
+            flags = self._serving_flags(old.shape[0])
+            current = old[torch.from_numpy(uniq).to(old.device)].cpu().numpy()
+            if not catalogue:
+                open_ = (current == MISSING_ROW) | flags[uniq]
+                uniq, value, current = uniq[open_], value[open_], current[open_]
+            changed = current != value
+            if changed.any():
                 updated = old.clone()
-                updated[index] = value.to(old.device)
+                index = torch.from_numpy(uniq[changed]).to(old.device)
+                updated[index] = torch.from_numpy(value[changed]).to(old.device)
                 self._buffers["item_rows"] = updated
+            if bool((flags[uniq] != (not catalogue)).any()):
+                flags = flags.copy()
+                flags[uniq] = not catalogue
+                self._item_serving = flags
         return int(len(uniq))
 
     def grow_items(self, vocab: int) -> int:
@@ -255,7 +288,8 @@ class TextTable(nn.Module):
         """Write the table (JSON: ``header`` + texts) and its tensors (safetensors).
 
         Only catalogue texts are written unless ``serving``; the rows are renumbered, and an
-        item whose text is left out maps to "no text". The cache is saved as float32.
+        item whose text is left out maps to "no text". The items whose saved text came from a
+        serving frame are listed (``serving_items``). The cache is saved as float32.
         """
         from safetensors.torch import save_file
 
@@ -267,10 +301,16 @@ class TextTable(nn.Module):
             index = torch.from_numpy(kept)
             if "cache" in self._buffers:
                 tensors["cache"] = self._buffers["cache"].detach().float().cpu()[index]
-            if self._buffers["item_rows"].numel():
+            with self._swap:  # the item map and its serving marks as of one moment
+                item_rows = self._buffers["item_rows"].cpu()
+                item_serving = self._serving_flags(item_rows.shape[0])
+            serving_items: list[int] = []
+            if item_rows.numel():
                 renumber = torch.zeros(len(keep_flags), dtype=torch.long)
                 renumber[index] = torch.arange(len(kept))
-                tensors["item_rows"] = renumber[self._buffers["item_rows"].cpu()]
+                tensors["item_rows"] = renumber[item_rows]
+                has_text = tensors["item_rows"].numpy() > MISSING_ROW
+                serving_items = np.flatnonzero(item_serving & has_text).tolist()
             fingerprint = self.fingerprint if "cache" in tensors else None
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tensor_path), metadata={"format": "pt"})
@@ -280,13 +320,15 @@ class TextTable(nn.Module):
             "fingerprint": fingerprint,
             "texts": texts,
             "serving_rows": np.flatnonzero(~keep_flags[kept]).tolist(),
+            "serving_items": serving_items,
         }
         meta_path.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
     @staticmethod
     def read(meta_path: Path, tensor_path: Path, feature: str) -> dict[str, Any]:
         """What :meth:`save` wrote, checked: ``{"texts", "serving_rows", "hidden_size",
-        "fingerprint", "pooling", "max_length", ["cache"], ["item_rows"]}``."""
+        "fingerprint", "pooling", "max_length", ["serving_items"], ["cache"], ["item_rows"]}``
+        (``serving_items`` only when saved: tables written before it lack it)."""
         from safetensors.torch import load_file
 
         for p in (meta_path, tensor_path):
@@ -312,6 +354,8 @@ class TextTable(nn.Module):
             "pooling": meta.get("pooling"),
             "max_length": meta.get("max_length"),
         }
+        if "serving_items" in meta:
+            extra["serving_items"] = [int(i) for i in meta["serving_items"]]
         tensors = load_file(str(tensor_path))
         if "cache" in tensors:
             cache = tensors["cache"]
@@ -347,4 +391,16 @@ class TextTable(nn.Module):
                     )
                 if item_rows.numel() and int(item_rows.max()) >= len(texts):
                     raise ValueError(f"BertTextTower({feature!r}): saved item map is corrupt")
-                self._publish({"item_rows": item_rows})
+                flags = np.zeros(item_rows.shape[0], dtype=bool)
+                if "serving_items" in extra:
+                    marked = np.asarray(extra["serving_items"], dtype=np.int64)
+                    if marked.size and not (0 <= marked.min() and marked.max() < flags.size):
+                        raise ValueError(f"BertTextTower({feature!r}): corrupt serving_items")
+                    flags[marked] = True
+                else:  # older tables: the items whose text is a serving text
+                    serving = np.zeros(len(texts), dtype=bool)
+                    serving[np.asarray(extra["serving_rows"], dtype=np.int64)] = True
+                    flags = serving[item_rows.numpy()]
+                with self._swap:
+                    self._buffers["item_rows"] = item_rows
+                    self._item_serving = flags
