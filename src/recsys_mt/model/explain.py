@@ -130,7 +130,11 @@ def explain(
             history is empty. Dense columns sit at their training means either way (0 for
             standardised columns), vectors at zero (the training mean under
             ``normalize="standard"``; with ``nan="zero"`` the presence flag is 0 too, the
-            encoding of a missing vector) and texts at the missing-text vector.
+            encoding of a missing vector) and texts (a text tower's text and query) at the
+            missing-text vector, its history's mean text vector at zeros. The baseline output
+            is the model's output for that input: with ``"padding"`` the same for every row,
+            with ``"oov"`` the same for rows whose empty histories are the same ones (an empty
+            history stays empty).
         encoders: add the per-encoder totals (``encoder/<Class>`` columns).
         progress_bar: a tqdm bar on stderr; ``None`` shows one for more than 8 batches.
 
@@ -138,8 +142,9 @@ def explain(
         A DataFrame with one row per input row (the input DataFrame's index, or 0..N-1) and
         float64 columns: one per feature the encoders read, in schema order (each Sparse id,
         each Sequence, each dense column including FunnelStats outputs, each Vector, each
-        Text; a Text tower's history part counts for the history Sequence, an attention
-        target for its ``vocab_from`` feature), then with ``encoders`` one total per encoder,
+        Text, a text tower's query included; a text tower's history part counts for the
+        history Sequence, an attention target for its ``vocab_from`` feature), then with
+        ``encoders`` one total per encoder,
         then ``baseline_logit`` (the output at the baseline), ``logit`` (the model's output)
         and ``delta`` = Σ feature attributions − (logit − baseline_logit). With
         ``target="probability"`` the two output columns are ``baseline_probability`` and

@@ -4,8 +4,10 @@ Ids are discrete, so attributions are taken where the model first becomes contin
 looked-up embedding vectors of :class:`~recsys_mt.encoders.IDEmbedding` (one ``[B, W, d]``
 tensor per table, every position owned by one feature), the standardised ``dense`` columns of
 :class:`~recsys_mt.encoders.DenseEncoder`, the ``vec/<name>`` inputs (and presence flags) of
-:class:`~recsys_mt.encoders.VectorEncoder`, and the text vectors of
-:class:`~recsys_mt.encoders.BertTextTower` (its output, so the base model runs once per row).
+:class:`~recsys_mt.encoders.VectorEncoder`, and the vectors a
+:class:`~recsys_mt.encoders.BertTextTower` builds its output from (row text, history profile,
+query, base-model unit vectors), taken after the base model so that it runs once per row (see
+:mod:`recsys_mt.model.explain_text`).
 
 :class:`InputPlan` builds, for one batch, the actual values and the baseline of every such
 input, and a forward function that runs encoders → fusion → head from them.
@@ -216,15 +218,10 @@ class InputPlan:
         return out
 
     def _text_parts(self, i: int, enc: nn.Module, batch: dict[str, Tensor]) -> list[InputPart]:
-        """The tower's output ``[B, d (+ d)]`` against the missing-text vector (and, with a
-        history, the zeros of a history without texts)."""
-        with torch.no_grad():
-            x = enc(batch).float()
-        d = enc.missing.shape[0]
-        base = torch.zeros_like(x)
-        base[:, :d] = enc.missing.detach().float()
-        owners = [enc.feature] * d + [enc.history] * (x.shape[1] - d)
-        return [InputPart(f"text/{enc.feature}", i, x, base, owners)]
+        """The text tower's inputs: :func:`~recsys_mt.model.explain_text.text_parts`."""
+        from .explain_text import text_parts  # it imports InputPart from here
+
+        return text_parts(i, enc, batch)
 
     # ------------------------------------------------------------------ forward
     def forward(self, parts: list[InputPart], *tensors: Tensor) -> Tensor:
@@ -259,7 +256,9 @@ class InputPlan:
             for key, value in given.items():
                 local[key] = value.squeeze(1) if key.startswith("vec_present/") else value
             return enc(local)
-        return next(iter(given.values()))
+        from .explain_text import text_output
+
+        return text_output(enc, given)
 
 
 def owners_in_order(parts: list[InputPart]) -> list[str]:
