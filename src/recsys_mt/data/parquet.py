@@ -278,7 +278,7 @@ class ParquetSource:
                     table = table.take(rng.permutation(n)[first:])
                 elif first:
                     table = table.slice(first)
-                batch = self._encode(table, pieces, warned)
+                batch = self._encode(table, pieces, warned, reader)
                 del table
                 carry = yield from self._cut(carry, batch)
         finally:
@@ -306,8 +306,9 @@ class ParquetSource:
             pos += size
         return {k: v[pos:] for k, v in chunk.items()} if pos < n else None
 
-    def _encode(self, table: Any, pieces: list[Piece], warned: set[type]) -> Batch:
-        """Encode a chunk with ``schema.transform``; ``"group"`` and ``"raw/*"`` added here."""
+    def _encode(self, table: Any, pieces: list[Piece], warned: set[type], reader: _Reader) -> Batch:
+        """Encode a chunk with ``schema.transform``; ``"group"`` and ``"raw/*"`` added here.
+        A :class:`SchemaError` names the row group and the row in it (see :meth:`_locate`)."""
         for c in self.columns:
             if self._raw_dtypes[c] == torch.int64 and table.column(c).null_count:
                 raise SchemaError(
@@ -319,7 +320,7 @@ class ParquetSource:
             try:
                 frame = self.schema.transform(df, labels=self.labels)
             except SchemaError as e:
-                raise SchemaError(f"{_where(pieces, self)}: {e}") from e
+                raise self._locate(reader, pieces, e) from e
         for w in caught:  # an OOV warning once per worker and epoch, not once per chunk
             if not issubclass(w.category, OOVWarning) or OOVWarning not in warned:
                 warned.add(w.category)
@@ -331,6 +332,23 @@ class ParquetSource:
             values = df[c].to_numpy(dtype=np.float64 if dtype == torch.float64 else np.int64)
             out[f"raw/{c}"] = torch.from_numpy(values)
         return out
+
+    def _locate(self, reader: _Reader, pieces: list[Piece], error: SchemaError) -> SchemaError:
+        """``error`` of a chunk, named by file and row group with rows counted from the row
+        group's first row, in file order: the chunk was shuffled, cut at a resume point or
+        starts inside a row group, so ``error``'s rows count positions in what was encoded.
+
+        Each piece's row group is encoded again from its first row to the piece's last, until
+        one fails; encoding is row by row, so one does. Should none (an error of the chunk as a
+        whole), ``error`` is named with the chunk. The caller drops the retries' warnings."""
+        seqs = [f.column for f in self.schema.sequences]
+        for p in pieces:
+            table = reader.read(p.group).slice(0, p.start + p.rows)
+            try:
+                self.schema.transform(arrow_frame(table, seqs), labels=self.labels)
+            except SchemaError as e:
+                return SchemaError(f"{self.files[p.group.file]}: row group {p.group.index}: {e}")
+        return SchemaError(f"{_where(pieces, self)}: {error}")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -40,6 +40,11 @@ def routed_lookups(routes: dict[Any, Callable[[Tensor, int], Tensor]]) -> Iterat
         yield
     finally:
         _ROUTES.table = previous
+
+
+def _ids(frame: Any, key: str, col: int | None) -> Tensor:
+    """A feature's ids in a frame or batch: ``frame[key]``, or its column ``col``."""
+    return frame[key] if col is None else frame[key][:, col]
 
 
 class TargetAttention(nn.Module):
@@ -243,25 +248,35 @@ class IDEmbedding(Encoder):
         """``id_dropout``, or the ``[n_sparse]`` matched rates of the sparse columns."""
         return self.id_dropout if self.sparse_rates is None else self.sparse_rates
 
-    def before_fit(self, train: Any | None, val: Any | None) -> None:
+    def train_oov_columns(self) -> dict[str, tuple[str, int | None]]:
+        """Streaming hook of ``MultiTaskModel.before_fit``: ``{feature: (batch key, column)}``
+        of the ids whose training OOV share :meth:`before_fit` needs (column ``None``: a
+        history; none without ``match_unseen``), counted over a streaming source."""
+        if not self.match_unseen:
+            return {}
+        sparse = self._sparse_names
+        return {
+            n: ("sparse", sparse.index(n)) if n in sparse else (f"seq/{n}", None)
+            for n in self._names
+        }
+
+    def before_fit(
+        self, train: Any | None, val: Any | None, train_oov: Mapping[str, float] | None = None
+    ) -> None:
         """Trainer protocol (through the model): set the per-feature dropout rates from the
-        training frame (``None`` for a streaming source) and the validation frame (see
-        ``match_unseen``). Without ``match_unseen`` or a validation frame every feature drops
-        at ``id_dropout``."""
+        training frame and the validation frame (see ``match_unseen``). For a streaming source
+        ``train`` is ``None`` and ``train_oov`` holds the training rows' OOV share per feature
+        (see :meth:`train_oov_columns`; a feature without one counts as 0). Without
+        ``match_unseen`` or a validation frame every feature drops at ``id_dropout``."""
         from .unseen_rates import matched_dropout_rates
 
         self._rates, self.sparse_rates = {}, None
         if not self.match_unseen or val is None:
             return
         columns = {}
-        for n in self._names:
-            if n in self._sparse_names:
-                c = self._sparse_names.index(n)
-                tr = train["sparse"][:, c] if train is not None else None
-                columns[n] = (tr, val["sparse"][:, c])
-            else:
-                key = f"seq/{n}"
-                columns[n] = (train[key] if train is not None else None, val[key])
+        for n, (key, col) in self.train_oov_columns().items():
+            tr = (train_oov or {}).get(n) if train is None else _ids(train, key, col)
+            columns[n] = (tr, _ids(val, key, col))
         self._rates = matched_dropout_rates(columns, floor=self.id_dropout)
         rates = [self._rate(n) for n in self._sparse_names]
         self.sparse_rates = torch.tensor(rates, device=self.tables[0].device)

@@ -52,20 +52,48 @@ class InferenceMixin:
         frame.meta["prepared_by"] = id(self)
         return frame
 
-    def before_fit(self, train: TensorFrame | None, val: TensorFrame | None) -> None:
-        """Trainer protocol, once before training with the prepared frames (``train`` is
-        ``None`` for a streaming source): each encoder with a ``before_fit(train, val)`` method
-        is called in turn (:class:`~recsys_mt.encoders.IDEmbedding` matches its id dropout to
-        the validation rows' unseen ids there). With ``calibration_prior="auto"`` the model
-        keeps a reference to ``train`` until :meth:`after_fit` counts its rates. Both frames
-        are checked first: ids beyond the model's vocabularies (a frame of a grown schema
-        before ``model.grow``) would train other features' embedding rows."""
+    def before_fit(self, train: Any, val: TensorFrame | None) -> None:
+        """Trainer protocol, once before training with the prepared validation frame and the
+        prepared training frame, or the streaming source itself (``Trainer.fit`` passes the
+        source): each encoder with a ``before_fit(train, val)`` method is called in turn, with
+        ``train=None`` for a source (:class:`~recsys_mt.encoders.IDEmbedding` matches its id
+        dropout to the validation rows' unseen ids there).
+
+        From a source with a validation frame, the encoders whose ``train_oov_columns()``
+        names ids (``IDEmbedding`` with ``match_unseen``) need the training rows' OOV shares:
+        the model counts them in one pass over the source (each process its shard, summed over
+        ``torch.distributed``; :func:`~recsys_mt.encoders.unseen_rates.source_oov_shares`) and
+        calls ``before_fit(None, val, train_oov=shares)`` on those encoders. With
+        ``calibration_prior="auto"`` the model keeps a reference to a training frame until
+        :meth:`after_fit` counts its rates. The frames (not a source) are checked first: ids
+        beyond the model's vocabularies (a frame of a grown schema before ``model.grow``)
+        would train other features' embedding rows."""
+        from ..encoders.unseen_rates import source_oov_shares
+
+        source = train if is_source(train) else None
+        train = None if source is not None else train
         for name, frame in (("fit (training frame)", train), ("fit (validation frame)", val)):
             if frame is not None:
                 check_inputs(self, frame, name)
+        wanted: dict[int, dict[str, tuple[str, int | None]]] = {}
+        if source is not None and val is not None:
+            for enc in self.encoders:
+                fn = getattr(enc, "train_oov_columns", None)
+                cols = fn() if fn is not None and hasattr(enc, "before_fit") else None
+                if cols:
+                    wanted[id(enc)] = cols
+        shares: dict[str, float] = {}
+        if wanted:  # the one extra pass over the source, only when an encoder needs it
+            columns = {n: kc for cols in wanted.values() for n, kc in cols.items()}
+            device = next(self.parameters()).device
+            shares = source_oov_shares(source, columns, device)
         for enc in self.encoders:
             fn = getattr(enc, "before_fit", None)
-            if fn is not None:
+            if fn is None:
+                continue
+            if id(enc) in wanted:
+                fn(None, val, train_oov={n: shares[n] for n in wanted[id(enc)]})
+            else:
                 fn(train, val)
         # The training rows the calibration's rate prior is counted on (after_fit drops them).
         wants_prior = self.calibration_prior == "auto" and self.auto_calibrate == "platt"

@@ -21,8 +21,15 @@ The trainer imports no model class. It drives any :class:`torch.nn.Module` that 
     batches. Returned keys are logged as ``val/<key>``.
 ``before_fit(train, val) -> None`` (optional)
     Called once in :meth:`Trainer.fit` before the first epoch, after ``prepare``, with the
-    training frame (``None`` when training from a streaming source) and the validation frame
-    (or ``None``). :class:`~recsys_mt.model.MultiTaskModel` passes them to its encoders.
+    training data and the validation frame (or ``None``). The training data is the prepared
+    frame, or, when training from a streaming source, the source itself (not read yet; use
+    :func:`~recsys_mt.data.loader.is_source` to tell them apart; earlier versions passed
+    ``None``). Reading a source here costs a pass over it; under ``torch.distributed`` every
+    process calls it, and should read only its rank's shard and combine over the processes.
+    :class:`~recsys_mt.model.MultiTaskModel` passes the frames to its encoders' ``before_fit``,
+    with ``None`` for a source; it counts the training rows' OOV shares an
+    :class:`~recsys_mt.encoders.IDEmbedding` with ``match_unseen`` needs in one pass over the
+    source (only when a validation frame is given).
 ``after_fit(val) -> None`` (optional)
     Called once at the end of :meth:`Trainer.fit`, after the callbacks' ``on_fit_end`` (so after
     :class:`~recsys_mt.train.EarlyStopping` restored the best weights), with the validation

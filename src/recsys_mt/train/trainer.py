@@ -324,7 +324,7 @@ class Trainer(EpochLoopMixin, CheckpointMixin, ValidationMixin):
             val = prepare(val) if val is not None else None
         before_fit = getattr(model, "before_fit", None)  # optional protocol
         if before_fit is not None:
-            before_fit(None if streaming else train, val)
+            before_fit(train, val)  # the source itself when streaming
         val_frame = (
             place_frame(val, self.device, self.data_on_device)[0] if val is not None else None
         )
