@@ -77,7 +77,7 @@ def test_aitm_config_and_errors():
     assert cfg == {"type": "aitm", "tower_dims": [16, 8], "activation": "gelu", "dropout": 0.1}
     again = build("head", cfg)
     assert isinstance(again, rm.AITM) and again.to_config() == head.to_config()
-    with pytest.raises(ValueError, match="tower size"):
+    with pytest.raises(ValueError, match="tower_dims"):
         rm.AITM(tower_dims=())
     with pytest.raises(ValueError, match="activation"):
         rm.AITM(activation="tanh")

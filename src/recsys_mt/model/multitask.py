@@ -31,6 +31,7 @@ from .calibration_api import CalibrationMixin
 from .counterfactual import CounterfactualRegulariser, check_counterfactual
 from .inference import InferenceMixin
 from .output_checks import check_width as _check_width
+from .ownership import claim_parts
 from .persistence import FORMAT_VERSION, CheckpointError, load_pretrained, save_pretrained
 from .rate_prior import RatePrior
 from .update import grow_model
@@ -99,6 +100,7 @@ class MultiTaskModel(InferenceMixin, CalibrationMixin, nn.Module):
             raise ValueError("the schema is not fitted: call schema.fit(train_df) first")
         if not schema.tasks:
             raise ValueError("the schema has no tasks; pass tasks=[Task(...)] to Schema")
+        claim_parts(self, [*(encoders or []), fusion, head, balancer], record=False)
         if supervision not in SUPERVISIONS:
             raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
         self.schema = schema
@@ -156,6 +158,7 @@ class MultiTaskModel(InferenceMixin, CalibrationMixin, nn.Module):
         # Rate tables the calibration may add (empty until calibrate(..., prior_from=train)).
         self.rate_prior = RatePrior(len(schema.tasks))
         self._prior_source: Any = None  # the training frame, between before_fit and after_fit
+        claim_parts(self, [*self.encoders, self.fusion, self.head, self.balancer])  # see ownership
 
     # ------------------------------------------------------------------ forward
     @property

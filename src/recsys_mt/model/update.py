@@ -78,7 +78,9 @@ def grow_model(
             listed), or ``noise_std`` is negative or not finite.
         NotImplementedError: a custom encoder without a ``grow`` method.
 
-    Nothing changes when an error is raised. A :class:`~recsys_mt.train.Trainer` then
+    Nothing changes when an error is raised: the arguments are checked first, and custom
+    encoders grow before the library's own, so a custom ``grow`` that raises (and changed
+    nothing itself) leaves the model as it was. A :class:`~recsys_mt.train.Trainer` then
     continues training with a new optimiser (see the docs page on optimiser state).
     """
     if not isinstance(new_schema, Schema):
@@ -96,7 +98,11 @@ def grow_model(
     generator = None
     if noise_std:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    for enc in model.encoders:
+    # custom encoders first: if one raises, the library's encoders have not changed yet
+    own = [type(enc).__module__.startswith("recsys_mt.") for enc in model.encoders]
+    for enc in [e for e, o in zip(model.encoders, own) if not o] + [
+        e for e, o in zip(model.encoders, own) if o
+    ]:
         if isinstance(enc, IDEmbedding):
             enc.grow(old_schema, new_schema, float(noise_std), generator)
         elif callable(getattr(enc, "grow", None)):

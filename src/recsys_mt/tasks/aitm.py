@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register
-from .heads import GroupedMLP, Head, _activation
+from .heads import GroupedMLP, Head, _activation, check_head_args
 
 
 def ait_attention(h1: Tensor, h2: Tensor, h3: Tensor) -> Tensor:
@@ -109,8 +109,7 @@ class AITM(Head):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if not tower_dims or any(int(d) < 1 for d in tower_dims):
-            raise ValueError(f"AITM needs at least one positive tower size, got {tower_dims!r}")
+        check_head_args("AITM", dropout, {}, {"tower_dims": (tower_dims, False)})
         self.tower_dims = tuple(int(d) for d in tower_dims)
         self.activation = activation
         self.dropout = dropout

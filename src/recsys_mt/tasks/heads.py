@@ -36,6 +36,25 @@ def _activation(name: str):
     return ACTIVATIONS[name]
 
 
+def check_head_args(head: str, dropout: Any, counts: dict, layers: dict) -> None:
+    """Raise ``ValueError`` naming the argument of ``head`` that cannot build: ``dropout``
+    outside ``[0, 1)``, a count (``num_experts``, …) that is not an int ``>= 1`` (``>= 0`` for
+    ``num_shared_experts``), or layer sizes that are not a tuple of positive ints (``layers``:
+    ``{name: (sizes, may_be_empty)}``)."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"{head}: dropout must be a number in [0, 1), got {dropout!r}")
+    for name, value in counts.items():
+        low = 0 if name == "num_shared_experts" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{head}: {name} must be an int >= {low}, got {value!r}")
+    for name, (sizes, may_be_empty) in layers.items():
+        ok = isinstance(sizes, (tuple, list)) and (may_be_empty or len(sizes) > 0)
+        ok = ok and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in sizes)
+        if not ok:
+            need = "a tuple of positive ints" + ("" if may_be_empty else ", at least one")
+            raise ValueError(f"{head}: {name} must be {need}, got {sizes!r}")
+
+
 class Head(nn.Module):
     """Base class of multi-task heads: ``forward(x [B, D]) -> logits [B, T]``."""
 
@@ -121,6 +140,8 @@ class SharedBottom(Head):
         dropout: float = 0.0,
     ):
         super().__init__()
+        layers = {"bottom_dims": (bottom_dims, False), "tower_dims": (tower_dims, True)}
+        check_head_args("SharedBottom", dropout, {}, layers)
         self.bottom_dims = tuple(bottom_dims)
         self.tower_dims = tuple(tower_dims)
         self.activation = activation
@@ -166,8 +187,8 @@ class MMoE(Head):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if num_experts < 1 or not expert_dims:
-            raise ValueError("MMoE needs num_experts >= 1 and at least one expert layer")
+        layers = {"expert_dims": (expert_dims, False), "tower_dims": (tower_dims, True)}
+        check_head_args("MMoE", dropout, {"num_experts": num_experts}, layers)
         self.num_experts = num_experts
         self.expert_dims = tuple(expert_dims)
         self.tower_dims = tuple(tower_dims)
@@ -237,8 +258,13 @@ class PLE(Head):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if num_levels < 1 or num_task_experts < 1 or num_shared_experts < 0 or not expert_dims:
-            raise ValueError("PLE needs num_levels >= 1, num_task_experts >= 1, expert layers")
+        counts = {
+            "num_levels": num_levels,
+            "num_shared_experts": num_shared_experts,
+            "num_task_experts": num_task_experts,
+        }
+        layers = {"expert_dims": (expert_dims, False), "tower_dims": (tower_dims, True)}
+        check_head_args("PLE", dropout, counts, layers)
         self.num_levels = num_levels
         self.num_shared_experts = num_shared_experts
         self.num_task_experts = num_task_experts

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.funnel_stats import fit_funnel_stats, transform_funnel_stats
+from ..data.vocab import SchemaError
 from .trainer import Trainer
 
 __all__ = ["refresh"]
@@ -77,6 +78,11 @@ def refresh(
                 f"refresh: {name} must be a pandas DataFrame (its ids grow the vocabularies), "
                 f"got {type(frame).__name__}"
             )
+        try:  # each frame on its own, so an error names the frame and its own row
+            model.schema._check_df(frame, labels=True)
+            model.schema._labels(frame)
+        except SchemaError as e:
+            raise SchemaError(f"refresh: {name}: {e}") from None
     new_schema, growth = model.schema.update(new)
     funnel = None
     if new_schema.funnel_stats:
