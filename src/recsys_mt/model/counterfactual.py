@@ -19,6 +19,8 @@ from ..losses import COUNTERFACTUALS, chain_log_probs, dr_cvr_loss, ips_cvr_loss
 from ..tasks.heads import GroupedMLP
 
 PROPENSITY_CLIP = 0.05
+#: ``MultiTaskModel(counterfactual_weight=...)``'s default.
+DEFAULT_WEIGHT = 0.1
 
 
 def _describe(tasks: list) -> str:
@@ -28,13 +30,27 @@ def _describe(tasks: list) -> str:
 
 
 def check_counterfactual(kind: str | None, weight: float) -> float:
-    """Validate ``counterfactual`` / ``counterfactual_weight``; return the weight as a float."""
+    """Validate ``counterfactual`` / ``counterfactual_weight``; return the weight as a float.
+
+    The weight must be a finite number > 0, and left at its default (:data:`DEFAULT_WEIGHT`)
+    when ``kind`` is ``None``: it would have no effect.
+    """
     if kind is not None and kind not in COUNTERFACTUALS:
         raise ValueError(f"counterfactual must be None or one of {COUNTERFACTUALS}, got {kind!r}")
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         raise TypeError(f"counterfactual_weight must be a number, got {weight!r}")
     if not math.isfinite(weight) or weight < 0:
         raise ValueError(f"counterfactual_weight must be finite and >= 0, got {weight!r}")
+    if weight == 0:
+        raise ValueError(
+            "counterfactual_weight must be > 0 (0 turns the regulariser off: pass "
+            "counterfactual=None instead)"
+        )
+    if kind is None and weight != DEFAULT_WEIGHT:
+        raise ValueError(
+            f"counterfactual_weight={weight!r} has no effect with counterfactual=None; pass "
+            f"counterfactual='ips' or 'dr' to use it, or leave the weight at {DEFAULT_WEIGHT}"
+        )
     return float(weight)
 
 
@@ -43,7 +59,7 @@ class CounterfactualRegulariser(nn.Module):
 
     Args:
         kind: ``"ips"`` or ``"dr"``.
-        weight: multiplier of the regulariser (``counterfactual_weight``), ``>= 0``.
+        weight: multiplier of the regulariser (``counterfactual_weight``), ``> 0``.
         tasks: the schema's tasks, parents first.
         parents: parent index per task.
         in_dim: size of the fused representation (the DR imputation input).

@@ -8,7 +8,8 @@
   (:class:`~recsys_mt.train.sparse_optim.RowSparseAdam`, or plain SGD for ``"sgd"``), joined by
   :class:`CombinedOptimizer` so the training loop sees a single optimiser.
 - :func:`build_scheduler` turns ``"cosine"`` / ``"linear"`` / ``"linear_warmup"`` or a callable
-  into a per-optimiser-step :class:`~torch.optim.lr_scheduler.LRScheduler`.
+  into a per-optimiser-step :class:`~torch.optim.lr_scheduler.LRScheduler` (``None`` with
+  ``warmup_steps`` is a warm-up to a constant rate).
 - :func:`clip_grad_norm_` clips by the global norm over dense *and* sparse gradients
   (:func:`torch.nn.utils.clip_grad_norm_` raises ``NotImplementedError`` on sparse COO grads).
 """
@@ -25,6 +26,15 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from .settings import (
+    DENSE_OPTIMIZERS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    SPARSE_KWARGS,
+    check_optimizer_kwargs,
+    check_schedule,
+    dense_only_kwargs,
+)
 from .sparse_optim import RowSparseAdam, row_grad
 
 __all__ = [
@@ -37,11 +47,6 @@ __all__ = [
     "grad_norm",
     "resolve_param_groups",
 ]
-
-#: Names accepted by ``Trainer(optimizer=...)``.
-OPTIMIZERS = ("adamw", "adam", "sgd")
-#: Names accepted by ``Trainer(scheduler=...)``.
-SCHEDULERS = ("cosine", "linear", "linear_warmup")
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -201,12 +206,17 @@ def build_optimizer(
 
     ``optimizer`` is a name in :data:`OPTIMIZERS` or a callable ``(groups) -> Optimizer`` that
     receives the groups unchanged (with their ``"lr"``, ``"weight_decay"`` and ``"sparse"``
-    entries) and has full control. For names, dense groups go to AdamW / Adam / SGD (with
-    ``optimizer_kwargs``, e.g. ``betas`` or ``momentum``); sparse groups go to RowSparseAdam
-    (adam, adamw) or plain SGD (sgd), *without* weight decay: those optimisers apply no decay,
-    and decaying an embedding table would touch every row every step. The two are joined by
-    :class:`CombinedOptimizer` when both exist.
+    entries) and has full control (``optimizer_kwargs`` must then be empty). For names, dense
+    groups go to AdamW / Adam / SGD (with ``optimizer_kwargs``, e.g. ``betas`` or ``momentum``,
+    checked by :func:`~recsys_mt.train.settings.check_optimizer_kwargs`); sparse groups go to
+    RowSparseAdam (adam, adamw; with ``betas`` and ``eps``) or plain SGD (sgd), *without*
+    weight decay: those optimisers apply no decay, and decaying an embedding table would touch
+    every row every step. A ``UserWarning`` names the other ``optimizer_kwargs`` set to a
+    non-default value (e.g. SGD's ``momentum``, Adam's ``amsgrad``) when sparse groups exist,
+    as they do not reach those groups. The two are joined by :class:`CombinedOptimizer` when
+    both exist.
     """
+    check_optimizer_kwargs(optimizer, optimizer_kwargs)
     if callable(optimizer):
         opt = optimizer(groups)
         if not isinstance(opt, Optimizer):
@@ -222,7 +232,7 @@ def build_optimizer(
     sparse = [g for g in groups if g["sparse"]]
     opts: list[Optimizer] = []
     if dense:
-        cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+        cls = DENSE_OPTIMIZERS[name]
         if name in ("adam", "adamw") and "fused" not in kwargs and "foreach" not in kwargs:
             # the fused kernel does Adam's element-wise passes in one sweep (CPU and CUDA)
             params = [p for g in dense for p in g["params"]]
@@ -230,13 +240,29 @@ def build_optimizer(
                 kwargs["fused"] = True
         opts.append(cls([_clean(g) for g in dense], lr=lr, **kwargs))
     if sparse:
+        _warn_dense_only(name, optimizer_kwargs or {})
         sparse_groups = [_clean(g, drop=("weight_decay",)) for g in sparse]
+        keep = {k: kwargs[k] for k in SPARSE_KWARGS[name] if k in kwargs}
         if name == "sgd":
-            opts.append(torch.optim.SGD(sparse_groups, lr=lr))
+            opts.append(torch.optim.SGD(sparse_groups, lr=lr, **keep))
         else:
-            keep = {k: kwargs[k] for k in ("betas", "eps") if k in kwargs}
             opts.append(RowSparseAdam(sparse_groups, lr=lr, **keep))
     return opts[0] if len(opts) == 1 else CombinedOptimizer(opts)
+
+
+def _warn_dense_only(name: str, optimizer_kwargs: dict[str, Any]) -> None:
+    """Warn about ``optimizer_kwargs`` that change the dense update but miss the sparse one."""
+    missed = dense_only_kwargs(name, optimizer_kwargs)
+    if missed:
+        sparse_cls = "SGD" if name == "sgd" else "RowSparseAdam"
+        passed = ", ".join(SPARSE_KWARGS[name]) or "none"
+        warnings.warn(
+            f"optimizer_kwargs {missed} apply to the dense parameters only: the sparse embedding "
+            f"tables are updated by {sparse_cls}, which takes {passed} of them; pass "
+            "sparse_embeddings=False to use one optimiser for every parameter",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def optimizer_children(optimizer: Optimizer) -> list[Optimizer]:
@@ -286,11 +312,17 @@ def build_scheduler(
     - ``"linear"``: then linear decay to ``min_lr_ratio * lr`` at ``total_steps``;
     - ``"linear_warmup"``: then constant.
 
-    A callable ``(optimizer) -> LRScheduler`` is used as is (it must not be
+    ``None`` is a constant rate: no scheduler, or with ``warmup_steps > 0`` the warm-up of
+    ``"linear_warmup"``. A callable ``(optimizer) -> LRScheduler`` is used as is (it must not be
     :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau`, which needs a metric).
+    ``warmup_steps`` with a callable and ``min_lr_ratio`` with anything but ``"cosine"`` /
+    ``"linear"`` would have no effect and raise ``ValueError`` (see :func:`check_schedule`).
     """
+    check_schedule(scheduler, warmup_steps, min_lr_ratio)
     if scheduler is None:
-        return None
+        if warmup_steps == 0:
+            return None
+        scheduler = "linear_warmup"
     if callable(scheduler):
         sched = scheduler(optimizer)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -303,20 +335,8 @@ def build_scheduler(
                 f"the scheduler factory returned {type(sched).__name__}, not an LRScheduler"
             )
         return sched
-    check_schedule(scheduler, warmup_steps, min_lr_ratio)
+    warmup_steps = int(warmup_steps)
     return LambdaLR(optimizer, _schedule_factor(scheduler, total_steps, warmup_steps, min_lr_ratio))
-
-
-def check_schedule(scheduler: Any, warmup_steps: Any, min_lr_ratio: Any) -> None:
-    """Raise ``ValueError`` naming the bad scheduler setting (a callable scheduler passes)."""
-    if scheduler is not None and not callable(scheduler) and scheduler not in SCHEDULERS:
-        raise ValueError(
-            f"scheduler must be None, one of {SCHEDULERS} or a callable, got {scheduler!r}"
-        )
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
 
 
 # --------------------------------------------------------------------------- clipping

@@ -153,6 +153,9 @@ class Trainer(EpochLoopMixin, CheckpointMixin, ValidationMixin):
             scheduler=scheduler,
             warmup_steps=warmup_steps,
             min_lr_ratio=min_lr_ratio,
+            shuffle=shuffle,
+            seed=seed,
+            optimizer_kwargs=optimizer_kwargs,
         )
 
         self.max_epochs = int(max_epochs)
