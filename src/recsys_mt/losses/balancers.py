@@ -17,6 +17,8 @@ weights [T]``; the model then back-propagates ``Σ_t weights_t · L_t`` with the
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import torch
@@ -52,11 +54,25 @@ class Balancer(nn.Module):
         )
 
     def weights(self) -> dict[str, float]:
-        """Current effective weight of each task's loss (for logging)."""
+        """Effective weight of each task's loss in the last training call (for logging)."""
         return {}
 
     def to_config(self) -> dict[str, Any]:
         return {}
+
+
+def check_weight(owner: str, task: str, value: Any) -> float:
+    """``value`` as a float if it is a finite real number ``>= 0`` (not a bool), else a
+    ``TypeError`` / ``ValueError`` naming ``task``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # NumPy bools aren't Real
+        raise TypeError(
+            f"{owner}: the weight of task {task!r} must be a real number, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    w = float(value)
+    if not math.isfinite(w) or w < 0:
+        raise ValueError(f"{owner}: the weight of task {task!r} must be finite and >= 0, got {w}")
+    return w
 
 
 @register("balancer", "static")
@@ -69,7 +85,9 @@ class StaticWeights(Balancer):
 
     def __init__(self, weights: dict[str, float] | None = None):
         super().__init__()
-        self.given = dict(weights or {})
+        if weights is not None and not isinstance(weights, dict):
+            raise TypeError(f"StaticWeights weights must be a dict, got {type(weights).__name__}")
+        self.given = {k: check_weight("StaticWeights", k, v) for k, v in (weights or {}).items()}
 
     def build(self, tasks: list) -> None:
         super().build(tasks)
@@ -78,7 +96,10 @@ class StaticWeights(Balancer):
             raise ValueError(
                 f"StaticWeights names unknown task(s) {unknown}; tasks: {self.task_names}"
             )
-        self.w = {t.name: float(self.given.get(t.name, t.weight)) for t in tasks}
+        self.w = {
+            t.name: check_weight("StaticWeights", t.name, self.given.get(t.name, t.weight))
+            for t in tasks
+        }
 
     def forward(self, losses: dict[str, Tensor]) -> Tensor:
         return sum(self.w[k] * v for k, v in losses.items())
@@ -99,6 +120,9 @@ class UncertaintyWeighting(Balancer):
     ``c_t = 1/2`` for regression (MSE), the paper's likelihood-derived form. ``s_t`` starts at 0
     (all weights 1 for BCE). Task weights ``Task.weight`` multiply ``L_t`` as well; a task with
     weight 0 contributes nothing (its ``s_t`` stays at the initial value).
+
+    :meth:`weights` gives ``c_t · exp(−s_t)`` as applied in the last training call (the
+    optimiser has moved ``s`` since); before the first, from the current ``s``.
     """
 
     def __init__(self, init_log_var: float = 0.0):
@@ -113,6 +137,7 @@ class UncertaintyWeighting(Balancer):
             torch.tensor([t.weight * (1.0 if t.binary else 0.5) for t in tasks]),
             persistent=False,
         )
+        self.register_buffer("last", torch.full((len(tasks),), float("nan")), persistent=False)
 
     def forward(self, losses: dict[str, Tensor]) -> Tensor:
         stacked = torch.stack([losses[n] for n in self.task_names])
@@ -120,11 +145,16 @@ class UncertaintyWeighting(Balancer):
         # a task with weight 0 has no loss term to balance: without the mask its s/2 alone would
         # be minimised and s would run to -inf
         active = (self.scale > 0).to(s.dtype)
-        return (self.scale * torch.exp(-s) * stacked + 0.5 * s * active).sum()
+        w = self.scale * torch.exp(-s)
+        if self.training and torch.is_grad_enabled():
+            self.last.copy_(w.detach())
+        return (w * stacked + 0.5 * s * active).sum()
 
     def weights(self) -> dict[str, float]:
-        w = (self.scale * torch.exp(-self.log_vars.detach())).tolist()
-        return dict(zip(self.task_names, w))
+        w = self.last
+        if bool(torch.isnan(w).any()):  # no training call yet
+            w = self.scale * torch.exp(-self.log_vars.detach())
+        return dict(zip(self.task_names, w.tolist()))
 
     def to_config(self) -> dict[str, Any]:
         return {"init_log_var": self.init_log_var}
@@ -140,6 +170,11 @@ class DWA(Balancer):
     training calls (micro-batches), so the weights adapt within long epochs and need no epoch
     signal. All weights are 1 until two periods are complete. The running sums are buffers,
     saved with the model.
+
+    :meth:`weights` gives the weights applied in the last training call; before the first (in
+    a new or just loaded model), those the next call will apply (:meth:`current`). The call
+    that completes a period applies the weights from before it: the new ones start with the
+    next call.
 
     Args:
         temperature: softmax temperature ``> 0`` (larger: closer to equal weights).
@@ -163,6 +198,7 @@ class DWA(Balancer):
         # previous period means: row 0 the latest, row 1 the one before; completed periods
         self.register_buffer("previous", torch.zeros(2, t, dtype=torch.float64))
         self.register_buffer("completed", torch.zeros((), dtype=torch.long))
+        self.register_buffer("last", torch.full((t,), float("nan")), persistent=False)
 
     def current(self) -> Tensor:
         """Weights ``[T]`` from the last two completed periods (ones before)."""
@@ -176,6 +212,7 @@ class DWA(Balancer):
         w = self.current().to(stacked)
         if self.training and torch.is_grad_enabled():
             with torch.no_grad():
+                self.last.copy_(w.detach())
                 self.running += stacked.detach().double()
                 self.calls += 1
                 if int(self.calls) >= self.period:
@@ -187,7 +224,10 @@ class DWA(Balancer):
         return (w * stacked).sum()
 
     def weights(self) -> dict[str, float]:
-        return dict(zip(self.task_names, self.current().tolist()))
+        w = self.last
+        if bool(torch.isnan(w).any()):  # no training call yet
+            w = self.current()
+        return dict(zip(self.task_names, w.tolist()))
 
     def to_config(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "period": self.period}

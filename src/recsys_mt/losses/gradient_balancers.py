@@ -17,10 +17,17 @@ parameters in one backward pass (plus the ``T`` gradient calls the statistics ne
   tables alone.
 
 All statistics are computed in float32 (NumPy float64 for the ``[T, T]`` solvers).
+
+A task with no observed rows in the batch (a child task under conditional supervision when no
+row has a positive parent) has a constant zero loss and an all-zero gradient row. The min-norm
+balancers (:class:`MGDA`, :class:`ParetoWeights`) leave such tasks out of their problem with
+weight 0 (:func:`observed_tasks`); otherwise the zero vector would be the min-norm point and
+the whole step would get a zero gradient.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +48,7 @@ __all__ = [
     "PCGrad",
     "ParetoWeights",
     "balance_gradients",
+    "observed_tasks",
     "task_gradients",
 ]
 
@@ -114,6 +122,16 @@ def balance_gradients(
     return total, c
 
 
+def observed_tasks(grads: Tensor) -> np.ndarray:
+    """Boolean ``[T]``: the tasks whose gradient row ``grads [T, N]`` is not all zero.
+
+    A row is all zero exactly when the task has no observed row in the batch (its mask count,
+    :meth:`MultiTaskModel.loss_counts <recsys_mt.model.MultiTaskModel.loss_counts>`, is 0: the
+    masked loss is a constant 0) or when its loss does not reach the inputs at all; either way
+    the task has nothing to contribute to the step's direction."""
+    return (grads != 0).any(dim=1).cpu().numpy()
+
+
 def _gram(grads: Tensor) -> np.ndarray:
     """``G Gᵀ`` ``[T, T]`` as float64 NumPy."""
     g = grads.float()
@@ -170,21 +188,32 @@ class PCGrad(GradientBalancer):
 
     For each task ``i`` and the other tasks ``j`` in a random order, if ``g_i' · g_j < 0`` then
     ``g_i' ← g_i' − (g_i' · g_j / ‖g_j‖²) g_j``; the update is ``Σ_i g_i'``. Done on the Gram
-    matrix in coefficient space, so ``Σ_i g_i' = Σ_t c_t g_t`` exactly. The order comes from a
-    generator seeded with ``seed``.
+    matrix in coefficient space, so ``Σ_i g_i' = Σ_t c_t g_t`` exactly.
+
+    The order of each step comes from a generator seeded with ``seed`` and a hash of that
+    step's Gram matrix: it changes from step to step as the gradients do, yet depends on nothing
+    but ``seed`` and the gradients, so the balancer keeps no random state and a run resumed
+    from a checkpoint takes the same orders as an uninterrupted one.
     """
 
     def __init__(self, seed: int = 0, grads: str = "shared"):
         super().__init__(grads)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"PCGrad seed must be an int >= 0, got {seed!r}")
         self.seed = int(seed)
-        self._rng = np.random.default_rng(self.seed)
+
+    def _rng(self, gram: np.ndarray) -> np.random.Generator:
+        digest = hashlib.blake2b(np.ascontiguousarray(gram).tobytes(), digest_size=16).digest()
+        words = np.frombuffer(digest, dtype=np.uint32).tolist()
+        return np.random.default_rng([self.seed, *words])
 
     def weights_from(self, losses: dict[str, Tensor], grads: Tensor) -> Tensor:
         m = _gram(grads)
         t = m.shape[0]
+        rng = self._rng(m)
         coef = np.eye(t)
         for i in range(t):
-            for j in self._rng.permutation([k for k in range(t) if k != i]):
+            for j in rng.permutation([k for k in range(t) if k != i]):
                 dot = float(coef[i] @ m[:, j])
                 if dot < 0 and m[j, j] > 0:
                     coef[i, j] -= dot / m[j, j]
@@ -212,7 +241,9 @@ class MGDA(GradientBalancer):
     Gradients are divided by ``n_t`` (``normalize``: ``"none"``; ``"l2"`` ‖g_t‖; ``"loss"`` L_t;
     ``"loss+"`` L_t·‖g_t‖) and ``w = argmin ‖Σ w_t g_t / n_t‖²`` over the simplex; the weights
     ``c_t ∝ w_t / n_t`` give the same direction on the raw gradients, rescaled to sum to 1.
-    ``grads="representation"`` is MGDA-UB.
+    ``grads="representation"`` is MGDA-UB. Tasks with an all-zero gradient (no observed rows
+    in the batch) are left out with weight 0; when every task's gradient is zero the weights
+    are uniform (the step is zero on the shared parameters anyway).
     """
 
     def __init__(self, normalize: str = "loss+", grads: str = "shared"):
@@ -224,7 +255,8 @@ class MGDA(GradientBalancer):
     def weights_from(self, losses: dict[str, Tensor], grads: Tensor) -> Tensor:
         stacked = torch.stack([losses[n].detach().float() for n in self.task_names])
         n = _normalizers(self.normalize, stacked, grads.norm(dim=1)).clamp_min(1e-12).cpu()
-        w = torch.from_numpy(min_norm_weights(_gram(grads / n.to(grads.device)[:, None])))
+        gram = _gram(grads / n.to(grads.device)[:, None])
+        w = torch.from_numpy(min_norm_weights(gram, active=observed_tasks(grads)))
         c = w.float() / n
         return self._keep(c / c.sum().clamp_min(1e-12))
 
@@ -267,6 +299,10 @@ class ParetoWeights(GradientBalancer):
     """Pareto-efficient weights in the spirit of PE-LTR (Lin et al., RecSys 2019): the min-norm
     combination of the task gradients subject to lower bounds ``w_t ≥ bounds[t]``.
 
+    Tasks with an all-zero gradient (no observed rows in the batch) are left out with weight 0,
+    bound included; the others share the simplex under their bounds. When every task's
+    gradient is zero the weights are the bounds plus an equal share of the rest.
+
     Args:
         bounds: ``{task: lower bound}`` in ``[0, 1]`` with sum ``≤ 1``; other tasks 0.
     """
@@ -286,7 +322,7 @@ class ParetoWeights(GradientBalancer):
         self.lower = np.array([self.bounds.get(n, 0.0) for n in self.task_names])
 
     def weights_from(self, losses: dict[str, Tensor], grads: Tensor) -> Tensor:
-        return self._keep(min_norm_weights(_gram(grads), self.lower))
+        return self._keep(min_norm_weights(_gram(grads), self.lower, observed_tasks(grads)))
 
     def to_config(self) -> dict[str, Any]:
         return {"bounds": dict(self.bounds), **super().to_config()}

@@ -6,8 +6,9 @@ function of the Gram matrix ``M = G Gᵀ`` (``[T, T]``, ``M[i, j] = g_i · g_j``
 here work on ``M`` in float64 NumPy and never touch the ``[T, N]`` gradients.
 
 * :func:`min_norm_weights`: ``argmin_w ‖Σ_t w_t g_t‖²`` over the simplex, optionally with lower
-  bounds ``w_t ≥ b_t`` (MGDA, PE-LTR). Exact closed form for two tasks; pairwise Frank-Wolfe with
-  exact line search (linear convergence on the simplex) otherwise.
+  bounds ``w_t ≥ b_t`` (MGDA, PE-LTR) and over a subset of the tasks. Exact closed form for two
+  tasks; pairwise Frank-Wolfe with exact line search (linear convergence on the simplex)
+  otherwise.
 * :func:`cagrad_weights`: the dual of CAGrad, ``argmin_w wᵀM𝟙/T + √φ · ‖Σ_t w_t g_t‖``.
 """
 
@@ -73,12 +74,18 @@ def _check_gram(gram: np.ndarray) -> np.ndarray:
     return 0.5 * (m + m.T)
 
 
-def min_norm_weights(gram: np.ndarray, lower: np.ndarray | None = None) -> np.ndarray:
+def min_norm_weights(
+    gram: np.ndarray, lower: np.ndarray | None = None, active: np.ndarray | None = None
+) -> np.ndarray:
     """``argmin_w wᵀ M w`` over ``{w ≥ lower, Σ w = 1}``: the min-norm point of the convex hull.
 
     Args:
         gram: ``M [T, T]``, the task gradients' Gram matrix.
         lower: optional lower bounds ``[T]`` with ``Σ lower ≤ 1``.
+        active: optional boolean mask ``[T]``. Tasks outside it are left out of the problem
+            (their lower bounds too) and get weight 0; the others share the simplex. A task with
+            a zero gradient would otherwise *be* the min-norm point and take all the weight.
+            When no task is active, all are.
 
     Returns:
         ``w [T]`` (float64). Zero gradients give the uniform weights.
@@ -86,6 +93,12 @@ def min_norm_weights(gram: np.ndarray, lower: np.ndarray | None = None) -> np.nd
     m = _check_gram(gram)
     t = m.shape[0]
     lo = np.zeros(t) if lower is None else np.asarray(lower, dtype=np.float64)
+    if active is not None:
+        keep = np.flatnonzero(np.asarray(active, dtype=bool).reshape(t))
+        if 0 < keep.size < t:
+            w = np.zeros(t)
+            w[keep] = min_norm_weights(m[np.ix_(keep, keep)], lo[keep])
+            return w
     if t == 1:
         return np.ones(1)
     scale = max(float(np.trace(m)), 1e-300)

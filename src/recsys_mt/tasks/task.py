@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,7 +22,8 @@ class Task:
             the model's output for it is the conditional probability p(cvr | click) and the
             joint probability p(click ∧ purchase) is exposed as :attr:`joint`.
         loss: ``"bce"`` for binary labels in {0, 1}, ``"mse"`` for regression (dwell time, ...).
-        weight: static loss weight (used by :class:`~recsys_mt.losses.StaticWeights`).
+        weight: static loss weight (used by :class:`~recsys_mt.losses.StaticWeights`): a finite
+            real number ``>= 0`` (stored as a float).
         joint_name: name of the joint probability column. Default: ``"ctcvr"`` for
             ``cvr`` given ``ctr`` (the customary name), otherwise ``"<name>_joint"``.
     """
@@ -43,8 +46,14 @@ class Task:
             )
         if self.given == self.name:
             raise ValueError(f"Task({self.name!r}) cannot be given itself")
-        if self.weight < 0:
-            raise ValueError(f"Task({self.name!r}): weight must be >= 0")
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, numbers.Real):  # NumPy bools are not Real
+            raise TypeError(
+                f"Task({self.name!r}): weight must be a real number, got {type(w).__name__} {w!r}"
+            )
+        if not math.isfinite(float(w)) or w < 0:
+            raise ValueError(f"Task({self.name!r}): weight must be finite and >= 0, got {w!r}")
+        self.weight = float(w)
 
     @property
     def binary(self) -> bool:
