@@ -245,9 +245,9 @@ class Schema:
                 Files and chunks are fit in one pass holding one chunk at a time, with the
                 result of fitting their concatenation (vocabularies exactly, dense statistics up
                 to float64 rounding); memory grows with the number of distinct ids, not rows
-                (``hash_buckets`` features need none). :class:`FunnelStats` (and
-                :class:`Vector`) features raise ``NotImplementedError`` there: fit them on a
-                DataFrame. See the "Streaming from Parquet" docs page.
+                (``hash_buckets`` features need none); :class:`Vector` statistics stream
+                too. :class:`FunnelStats` features raise ``NotImplementedError`` there: fit
+                them on a DataFrame. See the "Streaming from Parquet" docs page.
             progress_bar: a tqdm bar of the rows read, on stderr (files and chunks only).
             chunk_rows: rows per chunk read from Parquet files.
 
