@@ -240,6 +240,25 @@ class BertTextTower(TextBackbone):
         of the batch (row texts and history texts together) are encoded / projected, from one
         snapshot of the text table.
         """
+        vec, unit, (row, query, hist), hist_rows = self.lookup_rows(batch)
+        row_vec, query_vec, hist_vec, hist_mask, units = vec.index_select(0, row), *[None] * 4
+        if query is not None:
+            query_vec = vec.index_select(0, query)
+            if unit is not None:
+                units = (unit.index_select(0, query), unit.index_select(0, row))
+        if hist is not None:
+            hist_vec = vec.index_select(0, hist).view(*hist_rows.shape, -1)  # [B, L, d]
+            hist_mask = hist_rows != MISSING_ROW
+        return tower_output(row_vec, hist_vec, hist_mask, query_vec, self.query_interaction, units)
+
+    def lookup_rows(self, batch: dict[str, Tensor]) -> tuple:
+        """The batch's texts looked up together, from one snapshot of the text table:
+        ``(vectors [U, d], units [U, h] | None, (row [B], query [B] | None, history [B·L] |
+        None), history table rows [B, L] | None)``, where the three index tensors point into
+        the ``U`` distinct rows (row texts, query texts and history texts), each encoded or
+        projected once; ``units`` (base-model unit vectors) only with query relevance. Gather
+        with ``index_select``: its backward (``index_add_``) sums repeated rows' gradients
+        deterministically on the CPU, which advanced indexing's does not."""
         rows = batch.get(f"text_row/{self.feature}")
         if rows is None:
             raise KeyError(
@@ -257,23 +276,18 @@ class BertTextTower(TextBackbone):
                     "column (the query); call model.prepare(frame) before batching"
                 )
             parts.append(query_rows)
+        hist_rows = None
         if self.history is not None:
             hist_rows = table["item_rows"][batch[f"seq/{self.history}"]]  # [B, L]; 0 = no text
             parts.append(hist_rows.flatten())
         uniq, inv = torch.unique(torch.cat(parts), return_inverse=True)
         relevance = self.query is not None and self.query_interaction
         vec, unit = self._vectors(uniq, table, units=relevance)
-        sizes = [p.shape[0] for p in parts]
-        vecs = list(vec.index_select(0, inv).split(sizes))  # [B], ([B]), ([B*L]) rows
-        row_vec, query_vec, hist_vec, hist_mask, units = vecs.pop(0), None, None, None, None
-        if self.query is not None:
-            query_vec = vecs.pop(0)
-            if relevance:
-                units = (unit[inv[sizes[0] : sum(sizes[:2])]], unit[inv[: sizes[0]]])
-        if self.history is not None:
-            hist_vec = vecs.pop(0).view(*hist_rows.shape, -1)  # [B, L, d]
-            hist_mask = hist_rows != MISSING_ROW
-        return tower_output(row_vec, hist_vec, hist_mask, query_vec, self.query_interaction, units)
+        index = list(inv.split([p.shape[0] for p in parts]))
+        row = index.pop(0)
+        query = index.pop(0) if self.query is not None else None
+        hist = index.pop(0) if self.history is not None else None
+        return vec, unit, (row, query, hist), hist_rows
 
     def export_module(self) -> TextLookup:
         """This tower as a :class:`~recsys_mt.encoders.text_output.TextLookup` for ONNX export.

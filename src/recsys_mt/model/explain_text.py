@@ -41,36 +41,18 @@ __all__ = ["text_output", "text_parts", "text_vectors"]
 def text_vectors(enc: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """The vectors ``enc`` builds its output from for ``batch``, keyed as the inputs above.
 
-    Reads the rows exactly as the tower's ``forward`` does (row texts, query texts and history
-    texts looked up together, from one snapshot of the text table), so ``text_output(enc,
-    text_vectors(enc, batch))`` equals ``enc(batch)``.
+    Reads the rows with the tower's own ``lookup_rows`` (as its ``forward`` does), so
+    ``text_output(enc, text_vectors(enc, batch))`` equals ``enc(batch)``.
     """
-    rows = batch.get(f"text_row/{enc.feature}")
-    if rows is None:
-        enc(batch)  # raises the tower's own KeyError, which says how to prepare the batch
-    table = enc.table.snapshot()
-    parts = [rows]
-    if enc.query is not None:
-        parts.append(batch[f"text_row/{enc.query}"])
-    hist_rows = None
-    if enc.history is not None:
-        hist_rows = table["item_rows"][batch[f"seq/{enc.history}"]]  # [B, L]; 0 = no text
-        parts.append(hist_rows.flatten())
-    uniq, inv = torch.unique(torch.cat(parts), return_inverse=True)
-    relevance = enc.query is not None and enc.query_interaction
-    vec, unit = enc._vectors(uniq, table, units=relevance)
-    sizes = [p.shape[0] for p in parts]
-    invs = list(inv.split(sizes))
-    row_inv = invs.pop(0)
-    out = {"text/row": vec.index_select(0, row_inv).float()}
-    if enc.query is not None:
-        query_inv = invs.pop(0)
-        out["text/query"] = vec.index_select(0, query_inv).float()
-        if relevance:
-            out["text/row_unit"] = unit.index_select(0, row_inv).float()
-            out["text/query_unit"] = unit.index_select(0, query_inv).float()
-    if hist_rows is not None:
-        hist_vec = vec.index_select(0, invs.pop(0)).view(*hist_rows.shape, -1)  # [B, L, d]
+    vec, unit, (row, query, hist), hist_rows = enc.lookup_rows(batch)
+    out = {"text/row": vec.index_select(0, row).float()}
+    if query is not None:
+        out["text/query"] = vec.index_select(0, query).float()
+        if unit is not None:
+            out["text/row_unit"] = unit.index_select(0, row).float()
+            out["text/query_unit"] = unit.index_select(0, query).float()
+    if hist is not None:
+        hist_vec = vec.index_select(0, hist).view(*hist_rows.shape, -1)  # [B, L, d]
         out["text/history"] = masked_mean(hist_vec, hist_rows != MISSING_ROW).float()
     return out
 
